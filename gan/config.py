@@ -1,0 +1,152 @@
+"""TrainConfig: every knob of a training run, flat and typed, with its default in one place.
+
+The study layer searches over these fields by name, and a study's best configuration is written
+back as a YAML of these fields, so `python -m gan.train --config best_config.yaml` re-runs it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gan.errors import ConfigError
+
+Arch = Literal["mlp", "dcgan"]
+LossName = Literal["bce", "ns", "hinge", "lsgan", "wgan"]
+NAMED_DATASETS = ("mnist", "fashion_mnist", "cifar10")
+MAX_YAML_BYTES = 1 << 20
+
+
+class TrainConfig(BaseModel):
+    """Defaults are the seed tutorials' reference values (Radford et al. 2015; pytorch/examples)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # data
+    dataset: str = "mnist"  # mnist | fashion_mnist | cifar10 | folder:<path>
+    image_size: Literal[28, 32, 64] = 32
+    channels: Literal[1, 3] = 1
+    data_dir: str | None = None  # where torchvision datasets live; default: the cache directory
+
+    # architecture: width is pytorch/examples' ngf = ndf
+    arch: Arch = "dcgan"
+    width: int = Field(32, ge=1, le=1024)
+    latent_dim: int = Field(100, ge=1, le=4096)
+    latent_dist: Literal["normal", "uniform"] = "normal"
+
+    # objective
+    loss: LossName = "ns"
+    gp_weight: float = Field(10.0, ge=0)  # WGAN-GP penalty weight; used by loss "wgan" only
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)  # one-sided: real target = 1 - this
+
+    # optimisation: Adam per network
+    lr_g: float = Field(2e-4, gt=0, le=1)
+    lr_d: float = Field(2e-4, gt=0, le=1)
+    beta1: float = Field(0.5, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    batch_size: int = Field(64, ge=2, le=65536)
+    d_steps: int = Field(1, ge=1, le=100)  # discriminator updates per iteration
+    g_steps: int = Field(1, ge=1, le=100)  # generator updates per iteration
+    steps: int = Field(2000, ge=1)  # length of training, in generator updates
+
+    # bookkeeping, all in generator updates
+    seed: int = 0
+    log_every: int = Field(50, ge=1)
+    sample_every: int = Field(250, ge=1)
+    checkpoint_every: int = Field(500, ge=1)
+
+    # runtime
+    threads: int = Field(0, ge=0)  # torch threads; 0 = every core this process may use
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = False  # bf16 autocast; CUDA only
+    channels_last: bool = False  # memory format for conv nets; CUDA only
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.dataset not in NAMED_DATASETS and not self.dataset.startswith("folder:"):
+            raise ValueError(
+                f"dataset: unknown dataset {self.dataset!r}; "
+                f"expected one of {', '.join(NAMED_DATASETS)} or folder:<path>"
+            )
+        if self.label_smoothing > 0 and self.loss in ("hinge", "wgan"):
+            raise ValueError(f"label_smoothing: has no meaning for loss {self.loss!r}")
+        if self.checkpoint_every % self.log_every:
+            # A resumed run must restart on a log boundary to log the same averages.
+            raise ValueError("checkpoint_every: must be a multiple of log_every")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(f"device: unknown device {self.device!r}")
+        return self
+
+    @property
+    def torch_threads(self) -> int:
+        return self.threads or len(os.sched_getaffinity(0))
+
+
+def _one_line(err: ValidationError, source: str) -> str:
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        parts.append(f"{key}: {msg}" if key else msg)
+    return f"{source}: " + "; ".join(parts)
+
+
+def make_config(values: dict[str, Any], source: str = "config") -> TrainConfig:
+    """Validate a mapping of TrainConfig fields; errors name the source and the key."""
+    try:
+        return TrainConfig(**values)
+    except ValidationError as err:
+        raise ConfigError(_one_line(err, source)) from None
+    except TypeError as err:  # non-string keys, e.g. `1: 2` in a YAML file
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from a file, read safely and bounded in size."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_YAML_BYTES} bytes")
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where else ""
+        raise ConfigError(f"{path}: invalid YAML{line}: {getattr(err, 'problem', err)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        kind = type(data).__name__
+        raise ConfigError(f"{path}: expected a mapping of keys to values, got {kind}")
+    return data
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    """`key=value` strings from the command line; values are converted by TrainConfig's types."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair}: expected key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """Defaults, then the YAML file's values, then `--set key=value` overrides."""
+    values = read_yaml(path) if path else {}
+    sets = parse_overrides(list(overrides))
+    source = f"{path}" if path else "config"
+    if sets:
+        source += " with --set " + " ".join(sets)
+    return make_config({**values, **sets}, source)

@@ -1,0 +1,263 @@
+"""Train one GAN: `python -m gan.train --out DIR [--config FILE.yaml] [--set key=value ...]`.
+
+The loop below reads top to bottom. Its unit is the generator update (`step`): every `g_steps`
+generator updates the discriminator first takes `d_steps` updates, so 1:1, 2:1 and 1:2 schedules
+of the same `steps` all make the same number of generator updates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from gan.artifacts import plot_losses, save_grid, write_progress_gif
+from gan.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
+from gan.config import TrainConfig, load_config, make_config, parse_overrides, read_yaml
+from gan.data import load_images
+from gan.errors import ConfigError, DivergedError, GanError
+from gan.fileio import atomic_write_text, read_jsonl, write_jsonl
+from gan.losses import LOSSES, gradient_penalty
+from gan.models import build_models
+from gan.progress import Progress
+
+# Fields a resumed run may change: they do not alter what is computed up to the checkpoint.
+RESUMABLE_FIELDS = {"steps", "threads", "device"}
+SMOKE = {"steps": 20, "log_every": 5, "sample_every": 10, "checkpoint_every": 10,
+         "batch_size": 32}
+FIXED_SAMPLES = 64
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} requested, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def sample_latent(n: int, cfg: TrainConfig, device: torch.device | str) -> Tensor:
+    if cfg.latent_dist == "uniform":
+        return torch.rand(n, cfg.latent_dim, device=device).mul_(2).sub_(1)
+    return torch.randn(n, cfg.latent_dim, device=device)
+
+
+class RunningMeans:
+    """Means over a log window, summed on the device so only the log step waits for it."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.last: dict[str, float] = {}
+
+    def add(self, **values: Tensor) -> None:
+        for k, v in values.items():
+            v = v.detach().float()
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def pop(self) -> dict[str, float]:
+        # A window without a D step (log_every < g_steps) repeats the last D statistics.
+        self.last.update({k: (s / self.counts[k]).item() for k, s in self.sums.items()})
+        self.sums, self.counts = {}, {}
+        return dict(self.last)
+
+
+def check_finite(step: int, **losses: Tensor) -> None:
+    for name, value in losses.items():
+        if not torch.isfinite(value).item():
+            raise DivergedError(step, name, value.item())
+
+
+def prepare_out_dir(out_dir: Path, resume: bool) -> None:
+    if not resume and (out_dir / "config.json").exists():
+        raise ConfigError(f"{out_dir}: already holds a run; pass --resume or choose another --out")
+    try:
+        (out_dir / "samples").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        reason = err.strerror
+        raise ConfigError(f"{out_dir}: cannot create the output directory ({reason})") from None
+
+
+def resume_state(cfg: TrainConfig, out_dir: Path) -> dict:
+    """The checkpoint to resume from, checked against the config it will continue under."""
+    state = load_checkpoint(out_dir / "checkpoint.pt")
+    saved = checkpoint_config(state, out_dir / "checkpoint.pt")
+    changed = [k for k in TrainConfig.model_fields
+               if k not in RESUMABLE_FIELDS and getattr(cfg, k) != getattr(saved, k)]
+    if changed:
+        raise ConfigError(f"{out_dir}: {changed[0]}: cannot change when resuming "
+                          f"(checkpoint has {getattr(saved, changed[0])!r})")
+    return state
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
+          on_log: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train to `cfg.steps` generator updates; return the log records (also in metrics.jsonl)."""
+    out_dir = Path(out_dir)
+    # Everything that can fail on bad input happens before the first write into out_dir.
+    state = resume_state(cfg, out_dir) if resume else None
+    device = select_device(cfg.device)
+    data = load_images(cfg.dataset, cfg.image_size, cfg.channels, data_dir=cfg.data_dir).to(device)
+    prepare_out_dir(out_dir, resume)
+
+    torch.set_num_threads(cfg.torch_threads)
+    torch.manual_seed(cfg.seed)
+    G, D = (m.to(device) for m in build_models(cfg))
+    if cfg.channels_last and device.type == "cuda" and cfg.arch == "dcgan":
+        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+    objective = LOSSES[cfg.loss]
+    real_label = 1.0 - cfg.label_smoothing
+    use_amp = cfg.amp and device.type == "cuda"
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=use_amp)
+    fixed_noise = sample_latent(FIXED_SAMPLES, cfg, device)
+    B, start = cfg.batch_size, 0
+
+    records: list[dict] = []
+    if state:
+        start, fixed_noise = state["step"], state["fixed_noise"].to(device)
+        G.load_state_dict(state["generator"])
+        D.load_state_dict(state["discriminator"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        # Log lines written after the checkpoint are re-made by this run.
+        records = [r for r in read_jsonl(out_dir / "metrics.jsonl") if r["step"] <= start]
+    atomic_write_text(out_dir / "config.json", json.dumps(cfg.model_dump(), indent=2) + "\n")
+    write_jsonl(out_dir / "metrics.jsonl", records)
+
+    means, progress = RunningMeans(), Progress(cfg.steps, start)
+    train_seconds, window_start = 0.0, start
+    fake = None
+    for step in range(start, cfg.steps):
+        t0 = time.perf_counter()
+        # ------------- Discriminator: d_steps updates, once every g_steps steps -------------
+        if step % cfg.g_steps == 0:
+            for _ in range(cfg.d_steps):
+                real = data.batch(torch.randint(len(data), (B,), device=device))
+                with autocast:
+                    fake = G(sample_latent(B, cfg, device))  # kept for the generator's update
+                    real_logits, fake_logits = D(real), D(fake.detach())
+                    loss_d = objective.d(real_logits, fake_logits, real_label)
+                    if cfg.loss == "wgan":
+                        loss_d = loss_d + cfg.gp_weight * gradient_penalty(D, real, fake.detach())
+                opt_d.zero_grad(set_to_none=True)
+                loss_d.backward()
+                opt_d.step()
+                check_finite(step + 1, loss_d=loss_d)
+                means.add(loss_d=loss_d, d_real=torch.sigmoid(real_logits).mean(),
+                          d_fake=torch.sigmoid(fake_logits).mean(),
+                          acc_real=(real_logits > 0).float().mean(),
+                          acc_fake=(fake_logits < 0).float().mean())
+
+        # ------------- Generator: one update, on the last D step's fakes when fresh -------------
+        with autocast:
+            if fake is None:
+                fake = G(sample_latent(B, cfg, device))
+            loss_g = objective.g(D(fake))
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        fake = None
+        check_finite(step + 1, loss_g=loss_g)
+        means.add(loss_g=loss_g)
+        train_seconds += time.perf_counter() - t0
+
+        # ------------- Bookkeeping, in generator updates -------------
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            images = B * (done - window_start)
+            record = {"step": done, **means.pop(), "img_per_s": images / max(train_seconds, 1e-9)}
+            train_seconds, window_start = 0.0, done
+            records.append(record)
+            with open(out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if on_log:
+                on_log(record)
+            progress.update(done, f"loss_d {record['loss_d']:.3f} loss_g {record['loss_g']:.3f} "
+                                  f"{record['img_per_s']:.0f} img/s")
+        if done % cfg.sample_every == 0 or done == cfg.steps:
+            save_grid(generate(G, fixed_noise), out_dir / "samples" / f"step_{done:06d}.png")
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            save_checkpoint(out_dir / "checkpoint.pt", {
+                "config": cfg.model_dump(), "step": done, "fixed_noise": fixed_noise.cpu(),
+                "generator": G.state_dict(), "discriminator": D.state_dict(),
+                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                "rng": {"torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None},
+            })
+
+    write_progress_gif(out_dir / "samples", out_dir / "progress.gif")
+    plot_losses(records, out_dir / "losses.png")
+    return records
+
+
+@torch.no_grad()
+def generate(G: torch.nn.Module, z: Tensor) -> Tensor:
+    """Samples in eval mode (BatchNorm's running statistics), leaving G as it was."""
+    was_training = G.training
+    G.eval()
+    images = G(z).float()
+    G.train(was_training)
+    return images
+
+
+def resolve_config(config: str | None, sets: list[str], out_dir: Path, resume: bool,
+                   smoke: bool) -> TrainConfig:
+    """Defaults < YAML < --set; on resume the checkpoint's config < YAML < --set."""
+    if not resume:
+        cfg = load_config(config, sets)
+    else:
+        path = out_dir / "checkpoint.pt"
+        saved = checkpoint_config(load_checkpoint(path), path)
+        explicit = {**(read_yaml(config) if config else {}), **parse_overrides(sets)}
+        cfg = make_config({**saved.model_dump(), **explicit}, f"{path} with overrides")
+    if smoke:
+        cfg = make_config({**cfg.model_dump(), **SMOKE}, "--smoke")
+    return cfg
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's default prints the whole usage first
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = OneLineParser(prog="python -m gan.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path, help="run directory")
+    parser.add_argument("--config", help="YAML file of TrainConfig fields")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one TrainConfig field (repeatable)")
+    parser.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    parser.add_argument("--smoke", action="store_true", help="a few seconds' run, for a first try")
+    args = parser.parse_args(argv)
+    try:
+        cfg = resolve_config(args.config, args.set, args.out, args.resume, args.smoke)
+        records = train(cfg, args.out, resume=args.resume)
+    except GanError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except DivergedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: python -m gan.train --out {args.out} --resume",
+              file=sys.stderr)
+        return 130
+    last = records[-1] if records else {}
+    print(json.dumps({"out": str(args.out), **last}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+import gan.train as train_module
+from gan.checkpoint import load_checkpoint
+from gan.config import make_config
+from gan.errors import ConfigError, DivergedError
+from gan.losses import Loss
+from gan.sample import main as sample_main
+from gan.train import main, train
+from tests.conftest import tiny
+
+LOSS_KEYS = ("loss_d", "loss_g", "d_real", "d_fake", "acc_real", "acc_fake")
+
+
+def losses(records):
+    return [[r[k] for k in LOSS_KEYS] for r in records]
+
+
+def test_a_run_writes_every_artifact(tmp_path):
+    cfg = make_config(tiny(steps=8, log_every=2, sample_every=4, checkpoint_every=4))
+    records = train(cfg, tmp_path)
+    assert [r["step"] for r in records] == [2, 4, 6, 8]
+    assert json.loads((tmp_path / "config.json").read_text()) == cfg.model_dump()
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines == records
+    assert set(LOSS_KEYS) | {"step", "img_per_s"} <= set(lines[0])
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
+        "step_000004.png", "step_000008.png"]
+    assert Image.open(tmp_path / "samples" / "step_000008.png").size == (8 * 34 + 2,) * 2
+    gif = Image.open(tmp_path / "progress.gif")
+    assert gif.n_frames == 2
+    assert Image.open(tmp_path / "losses.png").size[0] > 500
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 8
+
+
+def test_same_config_and_seed_give_identical_losses(tmp_path):
+    cfg = make_config(tiny(steps=6))
+    first, second = train(cfg, tmp_path / "a"), train(cfg, tmp_path / "b")
+    assert losses(first) == losses(second)
+    other = train(make_config(tiny(steps=6, seed=1)), tmp_path / "c")
+    assert losses(other) != losses(first)
+
+
+@pytest.mark.parametrize("d_steps,g_steps", [(1, 1), (2, 1), (1, 2)])
+def test_resumed_run_logs_what_an_uninterrupted_run_logs(tmp_path, d_steps, g_steps):
+    values = tiny(steps=12, log_every=2, checkpoint_every=6, d_steps=d_steps, g_steps=g_steps,
+                  latent_dist="uniform")
+    whole = train(make_config(values), tmp_path / "whole")
+    train(make_config({**values, "steps": 6}), tmp_path / "split")
+    # A crash after the checkpoint leaves log lines the resumed run must re-make, not repeat.
+    with open(tmp_path / "split" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 8, "loss_d": 99.0}) + "\n")
+    resumed = train(make_config(values), tmp_path / "split", resume=True)
+    assert [r["step"] for r in resumed] == [2, 4, 6, 8, 10, 12]
+    assert losses(resumed) == losses(whole)
+    a = load_checkpoint(tmp_path / "whole" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "split" / "checkpoint.pt")
+    for key in ("generator", "discriminator"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+
+
+def test_d_to_g_step_ratio_counts_generator_updates(tmp_path):
+    for d_steps, g_steps, expected_d in ((1, 2, 4), (2, 1, 16), (3, 1, 24)):
+        out = tmp_path / f"{d_steps}-{g_steps}"
+        train(make_config(tiny(steps=8, d_steps=d_steps, g_steps=g_steps)), out)
+        state = load_checkpoint(out / "checkpoint.pt")
+        adam_steps = {k: int(next(iter(state[k]["state"].values()))["step"])
+                      for k in ("opt_g", "opt_d")}
+        assert adam_steps == {"opt_g": 8, "opt_d": expected_d}
+
+
+def test_resume_refuses_a_changed_hyperparameter(tmp_path):
+    train(make_config(tiny()), tmp_path)
+    with pytest.raises(ConfigError, match="lr_g: cannot change when resuming"):
+        train(make_config(tiny(lr_g=1e-3, steps=8)), tmp_path, resume=True)
+    # Extending a finished run is allowed.
+    assert train(make_config(tiny(steps=8)), tmp_path, resume=True)[-1]["step"] == 8
+
+
+def test_a_nan_loss_ends_the_run_naming_step_and_loss(tmp_path, monkeypatch):
+    ns = train_module.LOSSES["ns"]
+    nan_d = Loss(d=lambda r, f, label: ns.d(r, f, label) * float("nan"), g=ns.g)
+    monkeypatch.setitem(train_module.LOSSES, "ns", nan_d)
+    with pytest.raises(DivergedError) as err:
+        train(make_config(tiny()), tmp_path)
+    assert (err.value.step, err.value.loss_name) == (1, "loss_d")
+    assert str(err.value) == "training diverged at step 1: loss_d = nan"
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.err.strip().splitlines()
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--set", "bogus=1"], "bogus: unknown key"),
+    (["--set", "steps=abc"], "steps: Input should be a valid integer"),
+    (["--set", "arch=resnet"], "arch: Input should be 'mlp' or 'dcgan'"),
+    (["--set", "loss=kl"], "loss: Input should be"),
+    (["--set", "dataset=imagenet"], "dataset: unknown dataset 'imagenet'"),
+    (["--set", "dataset=folder:/nonexistent/faces"], "not a directory"),
+    (["--resume"], "checkpoint.pt: no such checkpoint"),
+    (["--set", "device=cuda"] if not torch.cuda.is_available() else ["--set", "width=0"],
+     "device: 'cuda' requested" if not torch.cuda.is_available() else "width"),
+])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, args, fragment):
+    out = tmp_path / "run"
+    code, err = run_cli(["--out", str(out), *args], capsys)
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0]
+    assert not out.exists()
+
+
+def test_malformed_config_file_and_corrupt_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: [\n")
+    code, err = run_cli(["--out", str(tmp_path / "r"), "--config", str(bad)], capsys)
+    assert code == 2 and len(err) == 1 and "bad.yaml: invalid YAML" in err[0]
+
+    run = tmp_path / "corrupt"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
+    code, err = run_cli(["--out", str(run), "--resume"], capsys)
+    assert code == 2 and len(err) == 1 and "not a readable checkpoint" in err[0]
+    assert [p.name for p in run.iterdir()] == ["checkpoint.pt"]
+
+
+def test_unwritable_out_dir(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, err = run_cli(["--out", str(blocker / "run"), "--smoke"], capsys)
+    assert code == 2 and "cannot create the output directory" in err[0]
+
+
+def test_an_existing_run_is_not_overwritten(tmp_path, capsys):
+    train(make_config(tiny()), tmp_path)
+    before = (tmp_path / "metrics.jsonl").read_text()
+    code, err = run_cli(["--out", str(tmp_path), "--set", "width=8"], capsys)
+    assert code == 2 and "already holds a run" in err[0]
+    assert (tmp_path / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.slow
+def test_cli_smoke_run_then_sample_and_interpolate(tmp_path):
+    """The command-line contract, as a user runs it: a real process, no traceback on errors."""
+    run = subprocess.run([sys.executable, "-m", "gan.train", "--out", str(tmp_path / "run"),
+                          "--smoke", "--set", "arch=mlp"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout.splitlines()[-1])["step"] == 20
+    bad = subprocess.run([sys.executable, "-m", "gan.train", "--out", str(tmp_path / "x"),
+                          "--set", "lr_g=-1"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().count("\n") == 0 and "lr_g" in bad.stderr
+
+    ckpt = str(tmp_path / "run" / "checkpoint.pt")
+    assert sample_main(["--checkpoint", ckpt, "--n", "16", "--out", str(tmp_path / "g.png")]) == 0
+    assert Image.open(tmp_path / "g.png").size == (4 * 34 + 2,) * 2
+    assert sample_main(["--checkpoint", ckpt, "--n", "24", "--interpolate", "12",
+                        "--out", str(tmp_path / "i.png")]) == 0
+    assert Image.open(tmp_path / "i.png").size == (12 * 34 + 2, 2 * 34 + 2)
