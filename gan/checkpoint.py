@@ -12,15 +12,19 @@ from gan.errors import CheckpointError
 from gan.fileio import atomic_torch_save
 
 FORMAT = 1
-REQUIRED = ("format", "config", "step", "generator", "discriminator", "opt_g", "opt_d", "rng")
+GENERATOR_KEYS = ("format", "config", "step", "generator")
+TRAINING_KEYS = (*GENERATOR_KEYS, "discriminator", "opt_g", "opt_d", "rng", "best", "fixed_noise")
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_torch_save({"format": FORMAT, **state}, path)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint's state dict, on CPU; a clear CheckpointError for missing or corrupt files."""
+def load_checkpoint(path: str | Path, full: bool = True) -> dict[str, Any]:
+    """A checkpoint's state dict, on CPU; a clear CheckpointError for missing or corrupt files.
+
+    `full=False` accepts a generator-only checkpoint (best.pt), enough to sample and score.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
@@ -29,7 +33,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as err:  # truncated zip, wrong file, pickled code: all one answer
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint ({reason[:200]})") from None
-    if not isinstance(state, dict) or any(k not in state for k in REQUIRED):
+    required = TRAINING_KEYS if full else GENERATOR_KEYS
+    if not isinstance(state, dict) or any(k not in state for k in required):
         raise CheckpointError(f"{path}: not a ganstudy checkpoint (missing keys)")
     if state["format"] != FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {state['format']}, expected {FORMAT}")
@@ -45,7 +50,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu"
     """The generator of a checkpoint, in eval mode, and the config it was trained with."""
     from gan.models import build_generator
 
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, full=False)
     cfg = checkpoint_config(state, path)
     generator = build_generator(cfg)
     try:

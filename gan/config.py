@@ -59,6 +59,12 @@ class TrainConfig(BaseModel):
     sample_every: int = Field(250, ge=1)
     checkpoint_every: int = Field(500, ge=1)
 
+    # evaluation: eval_n samples every eval_every steps (what early stopping sees), final_n for the
+    # best checkpoint at the end (what is reported and compared); eval_every 0 turns both off
+    eval_every: int = Field(500, ge=0)
+    eval_n: int = Field(2000, ge=10, le=100_000)
+    final_n: int = Field(10_000, ge=10, le=100_000)
+
     # runtime
     threads: int = Field(0, ge=0)  # torch threads; 0 = every core this process may use
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -77,6 +83,8 @@ class TrainConfig(BaseModel):
         if self.checkpoint_every % self.log_every:
             # A resumed run must restart on a log boundary to log the same averages.
             raise ValueError("checkpoint_every: must be a multiple of log_every")
+        if self.eval_every % self.log_every:
+            raise ValueError("eval_every: must be a multiple of log_every")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"device: unknown device {self.device!r}")
         return self

@@ -9,28 +9,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from gan.artifacts import plot_losses, save_grid, write_progress_gif
-from gan.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
+from gan.checkpoint import checkpoint_config, load_checkpoint, load_generator, save_checkpoint
 from gan.config import TrainConfig, load_config, make_config, parse_overrides, read_yaml
 from gan.data import load_images
 from gan.errors import ConfigError, DivergedError, GanError
 from gan.fileio import atomic_write_text, read_jsonl, write_jsonl
 from gan.losses import LOSSES, gradient_penalty
+from gan.metrics.evaluate import Evaluator
 from gan.models import build_models
 from gan.progress import Progress
 
 # Fields a resumed run may change: they do not alter what is computed up to the checkpoint.
 RESUMABLE_FIELDS = {"steps", "threads", "device"}
 SMOKE = {"steps": 20, "log_every": 5, "sample_every": 10, "checkpoint_every": 10,
-         "batch_size": 32}
+         "batch_size": 32, "eval_every": 20, "eval_n": 200, "final_n": 500}
 FIXED_SAMPLES = 64
 
 
@@ -42,10 +45,18 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def sample_latent(n: int, cfg: TrainConfig, device: torch.device | str) -> Tensor:
+def sample_latent(n: int, cfg: TrainConfig, device: torch.device | str,
+                  generator: torch.Generator | None = None) -> Tensor:
+    shape = (n, cfg.latent_dim)
     if cfg.latent_dist == "uniform":
-        return torch.rand(n, cfg.latent_dim, device=device).mul_(2).sub_(1)
-    return torch.randn(n, cfg.latent_dim, device=device)
+        return torch.rand(shape, device=device, generator=generator).mul_(2).sub_(1)
+    return torch.randn(shape, device=device, generator=generator)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    records: list[dict]  # one per log step, as in metrics.jsonl
+    final: dict | None  # the best checkpoint re-scored with final_n samples, floor beside it
 
 
 class RunningMeans:
@@ -98,13 +109,14 @@ def resume_state(cfg: TrainConfig, out_dir: Path) -> dict:
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
-          on_log: Callable[[dict], None] | None = None) -> list[dict]:
-    """Train to `cfg.steps` generator updates; return the log records (also in metrics.jsonl)."""
+          on_log: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train to `cfg.steps` generator updates; `on_log` sees each record of metrics.jsonl."""
     out_dir = Path(out_dir)
     # Everything that can fail on bad input happens before the first write into out_dir.
     state = resume_state(cfg, out_dir) if resume else None
     device = select_device(cfg.device)
     data = load_images(cfg.dataset, cfg.image_size, cfg.channels, data_dir=cfg.data_dir).to(device)
+    evaluator = Evaluator(cfg.dataset, cfg.image_size, device) if cfg.eval_every else None
     prepare_out_dir(out_dir, resume)
 
     torch.set_num_threads(cfg.torch_threads)
@@ -119,11 +131,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     use_amp = cfg.amp and device.type == "cuda"
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=use_amp)
     fixed_noise = sample_latent(FIXED_SAMPLES, cfg, device)
-    B, start = cfg.batch_size, 0
+    B, start, best = cfg.batch_size, 0, {"fid": math.inf, "step": 0}
 
     records: list[dict] = []
     if state:
-        start, fixed_noise = state["step"], state["fixed_noise"].to(device)
+        start, fixed_noise, best = state["step"], state["fixed_noise"].to(device), state["best"]
         G.load_state_dict(state["generator"])
         D.load_state_dict(state["discriminator"])
         opt_g.load_state_dict(state["opt_g"])
@@ -179,6 +191,15 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
             images = B * (done - window_start)
             record = {"step": done, **means.pop(), "img_per_s": images / max(train_seconds, 1e-9)}
             train_seconds, window_start = 0.0, done
+            if evaluator and (done % cfg.eval_every == 0 or done == cfg.steps):
+                scores = evaluator.score_generator(
+                    G, lambda k, rng: sample_latent(k, cfg, device, rng), cfg.eval_n, cfg.seed)
+                record.update(scores)
+                if scores["fid"] < best["fid"]:  # the minimum over checkpoints (Lucic et al.)
+                    best = {"fid": scores["fid"], "step": done}
+                    save_checkpoint(out_dir / "best.pt", {
+                        "config": cfg.model_dump(), "step": done, "generator": G.state_dict(),
+                        "metrics": scores})
             records.append(record)
             with open(out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -191,6 +212,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             save_checkpoint(out_dir / "checkpoint.pt", {
                 "config": cfg.model_dump(), "step": done, "fixed_noise": fixed_noise.cpu(),
+                "best": best,
                 "generator": G.state_dict(), "discriminator": D.state_dict(),
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
                 "rng": {"torch": torch.get_rng_state(),
@@ -199,7 +221,19 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
 
     write_progress_gif(out_dir / "samples", out_dir / "progress.gif")
     plot_losses(records, out_dir / "losses.png")
-    return records
+    final = final_score(evaluator, out_dir, device) if evaluator else None
+    return TrainResult(records, final)
+
+
+def final_score(evaluator: Evaluator, out_dir: Path, device: torch.device) -> dict:
+    """The run's result: its best checkpoint re-scored with final_n samples, floor beside it."""
+    G, cfg = load_generator(out_dir / "best.pt", device)
+    step = load_checkpoint(out_dir / "best.pt", full=False)["step"]
+    scores = evaluator.score_generator(
+        G, lambda k, rng: sample_latent(k, cfg, device, rng), cfg.final_n, cfg.seed)
+    result = {"best_step": step, **scores, **evaluator.floor(cfg.final_n)}
+    atomic_write_text(out_dir / "result.json", json.dumps(result, indent=2) + "\n")
+    return result
 
 
 @torch.no_grad()
@@ -243,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = resolve_config(args.config, args.set, args.out, args.resume, args.smoke)
-        records = train(cfg, args.out, resume=args.resume)
+        result = train(cfg, args.out, resume=args.resume)
     except GanError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -254,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted; continue with: python -m gan.train --out {args.out} --resume",
               file=sys.stderr)
         return 130
-    last = records[-1] if records else {}
-    print(json.dumps({"out": str(args.out), **last}))
+    summary = result.final or (result.records[-1] if result.records else {})
+    print(json.dumps({"out": str(args.out), **summary}))
     return 0
 
 

@@ -14,4 +14,4 @@ def dataset_cache(tmp_path_factory):
 def tiny(**overrides):
     """Values for a run of a few steps on tiny networks: each test states what it varies."""
     return {"width": 8, "batch_size": 16, "steps": 4, "log_every": 2, "sample_every": 4,
-            "checkpoint_every": 4, "threads": 1, **overrides}
+            "checkpoint_every": 4, "threads": 1, "eval_every": 0, **overrides}

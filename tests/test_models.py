@@ -60,7 +60,7 @@ def test_shapes_and_ranges(arch, size, channels):
 def test_one_training_step_updates_both_networks(tmp_path, arch, loss, size, channels):
     cfg = make_config(tiny(arch=arch, loss=loss, image_size=size, channels=channels, steps=1,
                            log_every=1, checkpoint_every=1))
-    records = train(cfg, tmp_path)
+    records = train(cfg, tmp_path).records
     assert records[0]["step"] == 1 and all(
         torch.isfinite(torch.tensor(records[0][k])) for k in ("loss_d", "loss_g"))
     torch.manual_seed(cfg.seed)
@@ -87,5 +87,5 @@ def test_every_seed_tutorial_is_one_config_that_trains(tmp_path, name):
     if cfg.dataset.startswith("folder:"):
         write_faces(tmp_path / "faces")
         overrides["dataset"] = f"folder:{tmp_path / 'faces'}"
-    records = train(make_config({**cfg.model_dump(), **overrides}), tmp_path / "run")
+    records = train(make_config({**cfg.model_dump(), **overrides}), tmp_path / "run").records
     assert [r["step"] for r in records] == [1, 2]

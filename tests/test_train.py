@@ -24,7 +24,7 @@ def losses(records):
 
 def test_a_run_writes_every_artifact(tmp_path):
     cfg = make_config(tiny(steps=8, log_every=2, sample_every=4, checkpoint_every=4))
-    records = train(cfg, tmp_path)
+    records = train(cfg, tmp_path).records
     assert [r["step"] for r in records] == [2, 4, 6, 8]
     assert json.loads((tmp_path / "config.json").read_text()) == cfg.model_dump()
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -41,9 +41,9 @@ def test_a_run_writes_every_artifact(tmp_path):
 
 def test_same_config_and_seed_give_identical_losses(tmp_path):
     cfg = make_config(tiny(steps=6))
-    first, second = train(cfg, tmp_path / "a"), train(cfg, tmp_path / "b")
+    first, second = train(cfg, tmp_path / "a").records, train(cfg, tmp_path / "b").records
     assert losses(first) == losses(second)
-    other = train(make_config(tiny(steps=6, seed=1)), tmp_path / "c")
+    other = train(make_config(tiny(steps=6, seed=1)), tmp_path / "c").records
     assert losses(other) != losses(first)
 
 
@@ -51,12 +51,12 @@ def test_same_config_and_seed_give_identical_losses(tmp_path):
 def test_resumed_run_logs_what_an_uninterrupted_run_logs(tmp_path, d_steps, g_steps):
     values = tiny(steps=12, log_every=2, checkpoint_every=6, d_steps=d_steps, g_steps=g_steps,
                   latent_dist="uniform")
-    whole = train(make_config(values), tmp_path / "whole")
+    whole = train(make_config(values), tmp_path / "whole").records
     train(make_config({**values, "steps": 6}), tmp_path / "split")
     # A crash after the checkpoint leaves log lines the resumed run must re-make, not repeat.
     with open(tmp_path / "split" / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": 8, "loss_d": 99.0}) + "\n")
-    resumed = train(make_config(values), tmp_path / "split", resume=True)
+    resumed = train(make_config(values), tmp_path / "split", resume=True).records
     assert [r["step"] for r in resumed] == [2, 4, 6, 8, 10, 12]
     assert losses(resumed) == losses(whole)
     a = load_checkpoint(tmp_path / "whole" / "checkpoint.pt")
@@ -80,7 +80,7 @@ def test_resume_refuses_a_changed_hyperparameter(tmp_path):
     with pytest.raises(ConfigError, match="lr_g: cannot change when resuming"):
         train(make_config(tiny(lr_g=1e-3, steps=8)), tmp_path, resume=True)
     # Extending a finished run is allowed.
-    assert train(make_config(tiny(steps=8)), tmp_path, resume=True)[-1]["step"] == 8
+    assert train(make_config(tiny(steps=8)), tmp_path, resume=True).records[-1]["step"] == 8
 
 
 def test_a_nan_loss_ends_the_run_naming_step_and_loss(tmp_path, monkeypatch):
@@ -153,7 +153,8 @@ def test_cli_smoke_run_then_sample_and_interpolate(tmp_path):
     run = subprocess.run([sys.executable, "-m", "gan.train", "--out", str(tmp_path / "run"),
                           "--smoke", "--set", "arch=mlp"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout.splitlines()[-1])["step"] == 20
+    summary = json.loads(run.stdout.splitlines()[-1])
+    assert summary["best_step"] == 20 and summary["n"] == 500 and summary["fid"] > 0
     bad = subprocess.run([sys.executable, "-m", "gan.train", "--out", str(tmp_path / "x"),
                           "--set", "lr_g=-1"], capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
