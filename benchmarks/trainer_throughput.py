@@ -28,10 +28,10 @@ WARMUP = 5
 
 def trainer_rate(cfg_values: dict, steps: int) -> float:
     total = WARMUP + steps
-    cfg = make_config({**cfg_values, "steps": total, "log_every": WARMUP,
+    cfg = make_config({**cfg_values, "steps": total, "log_every": WARMUP, "eval_every": 0,
                        "checkpoint_every": total, "sample_every": total})
     with tempfile.TemporaryDirectory() as out:
-        records = train(cfg, out)
+        records = train(cfg, out).records
     # img/s over the steps after warm-up, weighted by window length
     later = [r for r in records if r["step"] > WARMUP]
     seconds = sum(cfg.batch_size * WARMUP / r["img_per_s"] for r in later)

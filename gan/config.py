@@ -94,7 +94,8 @@ class TrainConfig(BaseModel):
         return self.threads or len(os.sched_getaffinity(0))
 
 
-def _one_line(err: ValidationError, source: str) -> str:
+def one_line_error(err: ValidationError, source: str) -> str:
+    """A pydantic error as one line: `source: key.path: message; ...`."""
     parts = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
@@ -110,7 +111,7 @@ def make_config(values: dict[str, Any], source: str = "config") -> TrainConfig:
     try:
         return TrainConfig(**values)
     except ValidationError as err:
-        raise ConfigError(_one_line(err, source)) from None
+        raise ConfigError(one_line_error(err, source)) from None
     except TypeError as err:  # non-string keys, e.g. `1: 2` in a YAML file
         raise ConfigError(f"{source}: {err}") from None
 

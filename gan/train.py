@@ -186,7 +186,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         train_seconds += time.perf_counter() - t0
 
         # ------------- Bookkeeping, in generator updates -------------
+        # Order matters: the log line is on disk before the checkpoint that follows it (so a
+        # resumed run never misses a line), and on_log runs once both exist.
         done = step + 1
+        record = None
         if done % cfg.log_every == 0 or done == cfg.steps:
             images = B * (done - window_start)
             record = {"step": done, **means.pop(), "img_per_s": images / max(train_seconds, 1e-9)}
@@ -203,10 +206,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
             records.append(record)
             with open(out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
-            if on_log:
-                on_log(record)
-            progress.update(done, f"loss_d {record['loss_d']:.3f} loss_g {record['loss_g']:.3f} "
-                                  f"{record['img_per_s']:.0f} img/s")
         if done % cfg.sample_every == 0 or done == cfg.steps:
             save_grid(generate(G, fixed_noise), out_dir / "samples" / f"step_{done:06d}.png")
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
@@ -218,6 +217,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
                 "rng": {"torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None},
             })
+        if record:
+            if on_log:
+                on_log(record)
+            progress.update(done, f"loss_d {record['loss_d']:.3f} loss_g {record['loss_g']:.3f} "
+                                  f"{record['img_per_s']:.0f} img/s")
 
     write_progress_gif(out_dir / "samples", out_dir / "progress.gif")
     plot_losses(records, out_dir / "losses.png")

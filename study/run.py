@@ -1,0 +1,161 @@
+"""Run a study: `python -m study.run search_spaces/dcgan.yaml [--out DIR] [--smoke]`.
+
+YAML -> validated StudySpec -> Optuna (define-by-run, TPE or random, seeded, baseline first)
+-> Ray Tune trials of `gan.train` (ASHA at equal generator updates) -> summary.csv,
+best_config.yaml, best_generator.pt in the study directory (default runs/<name>/).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gan.errors import ConfigError, GanError
+from gan.fileio import atomic_write_text
+from gan.metrics.features import weights_path
+from gan.train import OneLineParser
+from study.space import baseline_params
+from study.spec import Asha, StudySpec, load_spec, parse_spec
+
+SMOKE_FIXED = {"width": 8, "batch_size": 32, "eval_n": 200, "final_n": 300}
+
+
+def smoke_spec(spec: StudySpec) -> StudySpec:
+    """The same study shrunk to a few trials of a few steps: seconds per trial."""
+    data = spec.model_dump()
+    data["budget"].update(trials=min(spec.budget.trials, 6), steps=40, eval_every=10,
+                          time_limit_s=None)
+    if isinstance(spec.scheduler, Asha):
+        data["scheduler"].update(grace_period=10, reduction_factor=2)
+    space = {k: v for k, v in data["space"].items() if k not in SMOKE_FIXED}
+    data["space"], data["fixed"] = space, {**data["fixed"], **SMOKE_FIXED}
+    if data["confirm"]:
+        data["confirm"] = {"top_k": 1, "seeds": 2}
+    data["name"] = f"{spec.name}-smoke"
+    return parse_spec(data, "--smoke")
+
+
+def build_searcher(spec: StudySpec, study_dir: Path, baseline: dict[str, Any]):
+    import optuna
+
+    from study.space import DefineByRun
+    from study.trainable import FinalResultSearch
+
+    if spec.searcher == "tpe":
+        sampler = optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True,
+                                             seed=spec.seed)
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=spec.seed)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")
+    return FinalResultSearch(
+        space=DefineByRun(spec), metric=spec.metric, mode=spec.direction,
+        points_to_evaluate=[baseline], sampler=sampler, study_name=spec.name, storage=storage)
+
+
+def build_scheduler(spec: StudySpec, baseline: dict[str, Any]):
+    from ray.tune.schedulers import FIFOScheduler
+
+    from study.trainable import StudyASHA
+
+    if isinstance(spec.scheduler, Asha):
+        return StudyASHA(
+            baseline, time_attr="step", metric=spec.metric, mode=spec.direction,
+            max_t=spec.budget.steps, grace_period=spec.scheduler.grace_period,
+            reduction_factor=spec.scheduler.reduction_factor)
+    return FIFOScheduler()
+
+
+def validate(spec_path: Path, smoke: bool, out: Path | None) -> tuple[StudySpec, Path]:
+    """Everything that can reject the input, before Ray starts and before anything is written."""
+    spec = load_spec(spec_path)
+    if smoke:
+        spec = smoke_spec(spec)
+    try:
+        weights_path(spec.dataset)  # no feature network, no metric
+        baseline_params(spec)  # the reference configuration must be expressible in the space
+    except ConfigError as err:
+        raise ConfigError(f"{spec_path}: {err}") from None
+    study_dir = out or Path("runs") / spec.name
+    if (study_dir / "spec.yaml").exists():
+        raise ConfigError(f"{study_dir}: already holds a study; choose another --out")
+    return spec, study_dir
+
+
+def run_study(spec: StudySpec, study_dir: Path, spec_text: str) -> dict[str, Any]:
+    """Run the search; return {'rows': DataFrame, 'best': Series | None, 'wall_s': float}."""
+    import ray
+    from ray import tune
+
+    from study.summary import trial_rows, write_outputs
+    from study.trainable import run_trial
+
+    t0 = time.time()
+    study_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(study_dir / "spec.yaml", spec_text)
+    baseline = baseline_params(spec)
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False,
+                 log_to_driver=False)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec),
+                                    {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=build_searcher(spec, study_dir, baseline),
+            scheduler=build_scheduler(spec, baseline), num_samples=spec.budget.trials,
+            max_concurrent_trials=spec.max_concurrent, time_budget_s=spec.budget.time_limit_s),
+        run_config=tune.RunConfig(
+            name="search", storage_path=str((study_dir / "ray").resolve()),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=spec.metric,
+                checkpoint_score_order=spec.direction),
+            verbose=1),
+    )
+    rows = trial_rows(tuner.fit(), spec, baseline)
+    best = write_outputs(rows, spec, study_dir)
+    return {"rows": rows, "best": best, "baseline": baseline, "wall_s": time.time() - t0}
+
+
+def print_report(out: dict[str, Any], spec: StudySpec, study_dir: Path) -> None:
+    from study.summary import leaderboard
+
+    rows = out["rows"]
+    columns = [c for c in rows.columns if c.startswith("param_")] + [
+        "fid", "kid", "precision", "recall", "steps", "status"]
+    board = leaderboard(rows, spec)
+    print(f"\nstudy {spec.name}: {len(rows)} trials in {out['wall_s'] / 60:.1f} min; "
+          + ", ".join(f"{n} {s}" for s, n in rows["status"].value_counts().items()))
+    print("\ntop 5 by final", spec.metric)
+    print(board[columns].head(5).to_string(index=False))
+    base = rows[rows["baseline"]]
+    print("\nbaseline (reference configuration)")
+    print(base[columns].to_string(index=False))
+    if out["best"] is not None:
+        print(f"\nbest generator: {study_dir / 'best_generator.pt'}")
+        print(f"best config:    {study_dir / 'best_config.yaml'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = OneLineParser(prog="python -m study.run", description=__doc__.splitlines()[0])
+    parser.add_argument("spec", type=Path, help="study YAML (see search_spaces/)")
+    parser.add_argument("--out", type=Path, help="study directory (default runs/<name>)")
+    parser.add_argument("--smoke", action="store_true", help="a few short trials, for a try")
+    args = parser.parse_args(argv)
+    try:
+        spec, study_dir = validate(args.spec, args.smoke, args.out)
+        spec_text = yaml.safe_dump(spec.model_dump(), sort_keys=False)
+        out = run_study(spec, study_dir, spec_text)
+    except GanError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print_report(out, spec, study_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

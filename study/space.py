@@ -1,0 +1,68 @@
+"""The spec's space as an Optuna define-by-run function; the baseline as its first point.
+
+No work happens here: sampling only. Conditional parameters are sampled only when the parameters
+they depend on took the listed values, so Optuna never sees a `width` for an mlp trial.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from gan.config import TrainConfig
+from gan.errors import ConfigError
+from study.spec import CategoricalParam, FloatParam, IntParam, StudySpec
+
+# The seed tutorials' reference configuration (Radford et al. 2015; pytorch/examples).
+REFERENCE = {"lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5, "beta2": 0.999, "latent_dim": 100,
+             "d_steps": 1, "g_steps": 1, "loss": "ns"}
+
+
+def _active(when: dict | None, params: dict[str, Any]) -> bool:
+    for key, allowed in (when or {}).items():
+        allowed = allowed if isinstance(allowed, list) else [allowed]
+        if key not in params or params[key] not in allowed:
+            return False
+    return True
+
+
+def suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
+    """Sample one trial's hyperparameters, in the order the spec lists them."""
+    params: dict[str, Any] = {}
+    for key, p in spec.space.items():
+        if not _active(p.when, params):
+            continue
+        if isinstance(p, FloatParam):
+            params[key] = trial.suggest_float(key, p.low, p.high, log=p.log)
+        elif isinstance(p, IntParam):
+            params[key] = trial.suggest_int(key, p.low, p.high, step=p.step, log=p.log)
+        else:
+            params[key] = trial.suggest_categorical(key, p.choices)
+    return params
+
+
+class DefineByRun:
+    """`suggest` bound to a spec, picklable (Ray saves the searcher's state with it)."""
+
+    def __init__(self, spec: StudySpec):
+        self.spec = spec
+
+    def __call__(self, trial: optuna.Trial) -> None:  # None: no constants beside the samples
+        suggest(trial, self.spec)
+
+
+def baseline_params(spec: StudySpec) -> dict[str, Any]:
+    """The reference configuration in the spec's space: reference values where it names them,
+    TrainConfig's defaults elsewhere, only for the parameters that are active."""
+    defaults = TrainConfig().model_dump()
+    params: dict[str, Any] = {}
+    for key, p in spec.space.items():
+        if not _active(p.when, params):
+            continue
+        value = REFERENCE.get(key, defaults[key])
+        if isinstance(p, CategoricalParam) and value not in p.choices:
+            raise ConfigError(f"space.{key}.choices: must include the baseline's {value!r}, "
+                              "so that the study always reports the reference configuration")
+        params[key] = value
+    return params

@@ -1,0 +1,208 @@
+"""The study YAML, validated into a typed StudySpec before anything starts.
+
+Every hyperparameter is named as the TrainConfig field it sets, in `space` (searched) or `fixed`
+(held). Fields the study itself controls (length, evaluation cadence, seeds, threads, device) are
+set from `budget`, `seed` and `resources` instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gan.config import NAMED_DATASETS, TrainConfig, make_config, one_line_error, read_yaml
+from gan.errors import ConfigError
+
+METRICS = {"fid": "min", "kid": "min", "precision": "max", "recall": "max", "modes": "max",
+           "mode_kl": "min", "classifier_score": "max"}
+STUDY_CONTROLLED = {"steps", "eval_every", "seed", "threads", "device", "log_every",
+                    "checkpoint_every", "sample_every"}
+Scalar = str | int | float | bool
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Param(Strict):
+    # `when: {loss: wgan}` or `when: {arch: [dcgan]}`: sampled only when an earlier parameter
+    # took one of these values (a width only for dcgan, a penalty weight only for wgan)
+    when: dict[str, Scalar | list[Scalar]] | None = None
+
+
+class FloatParam(_Param):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _range(self) -> FloatParam:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) > high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+        return self
+
+
+class IntParam(_Param):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _range(self) -> IntParam:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) > high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+        return self
+
+
+class CategoricalParam(_Param):
+    type: Literal["categorical"]
+    choices: list[Scalar] = Field(min_length=1)
+
+
+Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
+
+
+class Budget(Strict):
+    trials: int = Field(ge=1, le=10_000)
+    steps: int = Field(ge=1)  # per trial, in generator updates
+    eval_every: int = Field(ge=1)  # in generator updates; what early stopping sees
+    time_limit_s: float | None = Field(None, gt=0)  # wall clock for the search phase
+
+
+class Asha(Strict):
+    type: Literal["asha"]
+    grace_period: int = Field(ge=1)  # generator updates before a trial can be stopped
+    reduction_factor: float = Field(3, gt=1)
+
+
+class Pbt(Strict):
+    type: Literal["pbt"]
+    perturbation_interval: int = Field(ge=1)  # generator updates between exploits
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5)
+    mutations: list[Literal["lr_g", "lr_d", "beta1", "beta2"]] = ["lr_g", "lr_d"]
+
+
+class NoScheduler(Strict):
+    type: Literal["none"]
+
+
+class Resources(Strict):
+    cpu: float = Field(1, gt=0)
+    gpu: float = Field(0, ge=0)
+
+
+class Confirm(Strict):
+    top_k: int = Field(ge=1, le=20)
+    seeds: int = Field(ge=2, le=20)
+
+
+class StudySpec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    dataset: str = "mnist"
+    metric: Literal[tuple(METRICS)] = "fid"  # type: ignore[valid-type]
+    mode: Literal["min", "max"] | None = None  # default: the metric's natural direction
+    seed: int = 0
+    budget: Budget
+    scheduler: Annotated[Asha | Pbt | NoScheduler, Field(discriminator="type")] = NoScheduler(
+        type="none")
+    searcher: Literal["tpe", "random"] = "tpe"
+    resources: Resources = Resources()
+    max_concurrent: int = Field(2, ge=1)
+    confirm: Confirm | None = None
+    fixed: dict[str, Any] = {}
+    space: dict[str, Param] = Field(min_length=1)
+
+    @property
+    def direction(self) -> str:
+        return self.mode or METRICS[self.metric]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StudySpec:
+        if self.dataset not in NAMED_DATASETS and not self.dataset.startswith("folder:"):
+            raise ValueError(f"dataset: unknown dataset {self.dataset!r}; expected one of "
+                             f"{', '.join(NAMED_DATASETS)} or folder:<path>")
+        fields = set(TrainConfig.model_fields)
+        for section in ("fixed", "space"):
+            for key in getattr(self, section):
+                if key not in fields:
+                    raise ValueError(f"{section}.{key}: not a TrainConfig field")
+                if key in STUDY_CONTROLLED or key == "dataset":
+                    raise ValueError(f"{section}.{key}: set by the study (budget, seed, "
+                                     "resources, dataset), not here")
+        for key in set(self.fixed) & set(self.space):
+            raise ValueError(f"space.{key}: also in fixed")
+        seen: dict[str, Param] = {}
+        for key, param in self.space.items():
+            for cond_key, values in (param.when or {}).items():
+                if cond_key not in seen:
+                    raise ValueError(f"space.{key}.when.{cond_key}: not a parameter defined "
+                                     "earlier in space")
+                allowed = getattr(seen[cond_key], "choices", None)
+                for v in values if isinstance(values, list) else [values]:
+                    if allowed is not None and v not in allowed:
+                        raise ValueError(f"space.{key}.when.{cond_key}: {v!r} is not one of "
+                                         f"{allowed}")
+            seen[key] = param
+        if isinstance(self.scheduler, Pbt) and self.searcher != "random":
+            raise ValueError("searcher: Ray runs no search algorithm beside PBT; "
+                             "use searcher: random (the initial population is sampled at random)")
+        if isinstance(self.scheduler, Asha) and self.scheduler.grace_period > self.budget.steps:
+            raise ValueError("scheduler.grace_period: longer than budget.steps")
+        if self.budget.eval_every > self.budget.steps:
+            raise ValueError("budget.eval_every: longer than budget.steps")
+        return self
+
+
+def trial_values(spec: StudySpec, params: dict[str, Any], seed: int | None = None,
+                 threads: int = 1) -> dict[str, Any]:
+    """A trial's TrainConfig fields: fixed values, then sampled ones, then the study's own."""
+    eval_every = spec.budget.eval_every
+    return {**spec.fixed, **params, "dataset": spec.dataset, "steps": spec.budget.steps,
+            "eval_every": eval_every, "log_every": _log_every(eval_every),
+            "checkpoint_every": eval_every, "sample_every": eval_every,
+            "seed": spec.seed if seed is None else seed, "threads": threads}
+
+
+def _log_every(eval_every: int) -> int:
+    """The largest divisor of eval_every not above 50: logs often, lands on every evaluation."""
+    return max(d for d in range(1, min(50, eval_every) + 1) if eval_every % d == 0)
+
+
+def _check_values(spec: StudySpec, source: str) -> None:
+    """Every fixed value, range end and choice must make a valid TrainConfig."""
+    base = trial_values(spec, {})
+    make_config(base, f"{source}: fixed")
+    for key, param in spec.space.items():
+        values = param.choices if isinstance(param, CategoricalParam) else [param.low, param.high]
+        for i, value in enumerate(values):
+            where = f"space.{key}.choices[{i}]" if isinstance(param, CategoricalParam) else (
+                f"space.{key}.{'low' if i == 0 else 'high'}")
+            try:
+                make_config({**base, key: value})
+            except ConfigError as err:
+                detail = str(err).split(": ", 2)[-1]
+                raise ConfigError(f"{source}: {where}: {detail}") from None
+
+
+def parse_spec(data: dict[str, Any], source: str) -> StudySpec:
+    try:
+        spec = StudySpec(**data)
+    except ValidationError as err:
+        raise ConfigError(one_line_error(err, source)) from None
+    except TypeError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    _check_values(spec, source)
+    return spec
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    return parse_spec(read_yaml(path), str(path))

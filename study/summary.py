@@ -1,0 +1,95 @@
+"""What a finished search leaves for people: summary.csv, best_config.yaml, the best generator."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from ray.tune import ResultGrid
+
+from gan.config import make_config
+from gan.fileio import atomic_write_text
+from study.spec import StudySpec, trial_values
+from study.trainable import is_baseline
+
+METRIC_COLUMNS = ["fid", "kid", "precision", "recall", "modes", "mode_kl", "classifier_score"]
+
+
+def trial_rows(results: ResultGrid, spec: StudySpec, baseline: dict[str, Any]) -> pd.DataFrame:
+    """One row per trial: id, every hyperparameter, final and best-seen metrics, status, time."""
+    rows = []
+    for r in results:
+        last = r.metrics or {}
+        history = r.metrics_dataframe if r.metrics_dataframe is not None else pd.DataFrame()
+        evals = history[history["final"] == False] if "final" in history else history  # noqa: E712
+        if r.error is not None:
+            status = "failed"
+        elif last.get("final"):
+            status = last.get("status", "completed")
+        else:
+            status = "pruned"
+        params = {k: v for k, v in r.config.items() if k != "seed"}
+        row: dict[str, Any] = {
+            "trial_id": last.get("trial_id", Path(r.path).name),
+            "baseline": is_baseline(r.config, baseline),
+            **{f"param_{k}": v for k, v in params.items()},
+            "seed": r.config.get("seed", spec.seed),
+            "status": status,
+            "steps": int(last.get("step", 0) or 0),
+            "wall_s": float(last.get("time_total_s", math.nan)),
+            "reason": last.get("reason", str(r.error).splitlines()[0] if r.error else ""),
+            "node_ip": last.get("node_ip", ""),
+            "started_at": last.get("started_at", math.nan),
+            "ended_at": last.get("timestamp", math.nan),
+        }
+        final = status == "completed"
+        for m in METRIC_COLUMNS:
+            row[m] = last.get(m, math.nan) if final else math.nan
+            row[f"{m}_floor"] = last.get(f"{m}_floor", math.nan) if final else math.nan
+        for m in ("fid",):
+            seen = evals[m] if m in evals else pd.Series(dtype=float)
+            row[f"best_eval_{m}"] = float(seen.min()) if len(seen) else math.nan
+        row["path"] = r.path
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def leaderboard(rows: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
+    done = rows[rows["status"] == "completed"]
+    return done.sort_values(spec.metric, ascending=spec.direction == "min")
+
+
+def best_train_config(spec: StudySpec, row: pd.Series) -> dict[str, Any]:
+    """The best trial as TrainConfig fields, runnable with `python -m gan.train --config`."""
+    params = {k.removeprefix("param_"): _plain(v) for k, v in row.items()
+              if k.startswith("param_") and not _missing(v)}
+    cfg = make_config({**trial_values(spec, params, int(row["seed"]), threads=0),
+                       "device": "auto"})
+    return cfg.model_dump()
+
+
+def write_outputs(rows: pd.DataFrame, spec: StudySpec, study_dir: Path) -> pd.Series | None:
+    """summary.csv always; best_config.yaml and best_generator.pt when a trial completed."""
+    csv = rows.drop(columns=["path"]).to_csv(index=False)
+    atomic_write_text(study_dir / "summary.csv", csv)
+    board = leaderboard(rows, spec)
+    if board.empty:
+        return None
+    best = board.iloc[0]
+    config = best_train_config(spec, best)
+    atomic_write_text(study_dir / "best_config.yaml", yaml.safe_dump(config, sort_keys=False))
+    shutil.copy2(Path(best["path"]) / "run" / "best.pt", study_dir / "best_generator.pt")
+    return best
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _plain(v: Any) -> Any:
+    """numpy scalars from pandas back to Python types, for YAML and pydantic."""
+    return v.item() if hasattr(v, "item") else v

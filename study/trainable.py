@@ -1,0 +1,138 @@
+"""Adapts the trainer to Ray Tune. The trainer knows nothing of Ray; this module is the seam.
+
+A trial's Tune config is the flat dict of its sampled hyperparameters (plus `seed` in the
+confirmation phase). Each evaluation (`eval_n` samples) is reported with the checkpoint written
+for that step: that is what ASHA compares, at equal generator updates (`step`). The last report,
+marked `final`, carries the best checkpoint re-scored with `final_n` samples: the trial's value.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from gan.config import make_config
+from gan.errors import DivergedError
+from gan.train import train
+from study.spec import StudySpec, trial_values
+
+CHECKPOINT_FILES = ("checkpoint.pt", "best.pt")
+WORST = 1e9  # a diverged trial's value: worse than any real score
+
+
+def worst_value(spec: StudySpec) -> float:
+    return WORST if spec.direction == "min" else -WORST
+
+
+def trial_device() -> str:
+    return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+
+
+def run_trial(config: dict[str, Any], spec: StudySpec) -> None:
+    """The Tune function trainable: one `gan.train` run, resumed from Tune's checkpoint if any."""
+    params = {k: v for k, v in config.items() if k != "seed"}
+    threads = max(1, math.floor(spec.resources.cpu))  # torch threads = the CPUs Ray gave us
+    cfg = make_config({**trial_values(spec, params, config.get("seed"), threads),
+                       "device": trial_device()}, "trial config")
+    run_dir = Path(tune.get_context().get_trial_dir()) / "run"
+    report_dir = run_dir.parent / "report-checkpoint"
+    # Where and how the trial ran, in every report: the summary and the tests read it.
+    provenance = {"node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
+                  "device": cfg.device, "started_at": time.time()}
+
+    resume = False
+    if (checkpoint := tune.get_checkpoint()) is not None:
+        with checkpoint.as_directory() as restored:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            for name in CHECKPOINT_FILES:
+                if (Path(restored) / name).exists():
+                    shutil.copy2(Path(restored) / name, run_dir / name)
+        resume = True
+
+    def report_evaluation(record: dict) -> None:
+        if "fid" not in record:  # only evaluations go to Tune: they carry the metrics
+            return
+        shutil.rmtree(report_dir, ignore_errors=True)
+        report_dir.mkdir()
+        for name in CHECKPOINT_FILES:
+            if (run_dir / name).exists():
+                _link_or_copy(run_dir / name, report_dir / name)
+        # Tune copies the directory into its storage before returning.
+        tune.report({**record, **provenance, "torch_threads": torch.get_num_threads(),
+                     "final": False, "status": "running"},
+                    checkpoint=tune.Checkpoint.from_directory(str(report_dir)))
+
+    try:
+        result = train(cfg, run_dir, resume=resume, on_log=report_evaluation)
+    except DivergedError as err:
+        tune.report({spec.metric: worst_value(spec), "step": err.step, **provenance,
+                     "final": True, "status": "diverged", "reason": str(err)})
+        return
+    finally:
+        shutil.rmtree(report_dir, ignore_errors=True)
+    tune.report({**result.final, "step": cfg.steps, **provenance, "final": True,
+                 "status": "completed"})
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)  # same filesystem: free
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+class FinalResultSearch(OptunaSearch):
+    """OptunaSearch that gives Optuna a trial's value only from its full-budget final result.
+
+    Ray's OptunaSearch tells Optuna COMPLETE with whatever the last result held, so a trial that
+    ASHA stopped after its grace period would enter TPE's model as if its low-budget score were
+    final (Ray issues #5459, #5651). Here such a trial is recorded as PRUNED, as Optuna's own
+    pruners do; Optuna's TPE still learns from pruned trials' intermediate values.
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if not result.get("final") and "step" in result and self.metric in result:
+            ot_trial = self._ot_trials.get(trial_id)
+            if ot_trial is not None:
+                ot_trial.report(float(result[self.metric]), int(result["step"]))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        if result is not None and not result.get("final"):
+            result = None  # OptunaSearch then tells PRUNED (or FAIL if the trial raised)
+        super().on_trial_complete(trial_id, result, error)
+
+
+class StudyASHA(ASHAScheduler):
+    """ASHA on the eval_n metric at equal generator updates, with two exceptions.
+
+    The baseline always runs to the end: the study must report it, and its rung results still
+    set the bar for the others. A trial that has reached the full budget is not stopped on its
+    last evaluation (Ray's ASHA stops at max_t): its final re-score is about to follow, and is
+    its result.
+    """
+
+    def __init__(self, baseline: dict[str, Any], **kwargs: Any):
+        super().__init__(**kwargs)
+        self.baseline = baseline
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if is_baseline(trial.config, self.baseline) or result.get("step", 0) >= self._max_t:
+            return self.CONTINUE
+        return decision
+
+
+def is_baseline(config: dict[str, Any], baseline: dict[str, Any]) -> bool:
+    params = {k: v for k, v in config.items() if k != "seed"}
+    return params == baseline

@@ -1,0 +1,120 @@
+"""The study end to end, with real Ray, Optuna and SQLite: one smoke study feeds many checks."""
+
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+import study.run as run_module
+from gan.config import load_config
+from study.run import main, smoke_spec
+from study.space import REFERENCE, baseline_params
+from study.spec import load_spec
+
+ROOT = Path(__file__).parents[1]
+BAD = sorted((Path(__file__).parent / "bad_inputs").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def smoke_study(ray_session, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "smoke"
+    assert main([str(ROOT / "search_spaces" / "smoke.yaml"), "--out", str(out)]) == 0
+    summary = pd.read_csv(out / "summary.csv")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}")
+    trials = optuna.load_study(study_name="smoke", storage=storage).trials
+    return out, summary, trials
+
+
+@pytest.mark.slow
+def test_every_planned_trial_ran_and_is_summarised(smoke_study):
+    out, summary, trials = smoke_study
+    spec = load_spec(ROOT / "search_spaces" / "smoke.yaml")
+    assert len(summary) == len(trials) == spec.budget.trials
+    assert set(summary["status"]) <= {"completed", "pruned"}
+    assert {"trial_id", "param_lr_g", "param_loss", "fid", "kid", "precision", "recall",
+            "best_eval_fid", "steps", "status", "wall_s"} <= set(summary.columns)
+    done = summary[summary["status"] == "completed"]
+    assert (done["steps"] == spec.budget.steps).all() and done["fid"].notna().all()
+    assert (done["fid_floor"] < done["fid"]).all()
+    assert (out / "spec.yaml").exists() and (out / "ray" / "search").is_dir()
+
+
+@pytest.mark.slow
+def test_the_baseline_runs_first_and_is_never_stopped(smoke_study):
+    _, summary, trials = smoke_study
+    first = trials[0]
+    expected = {k: v for k, v in REFERENCE.items() if k in first.params}
+    assert first.params == expected and set(expected) == {"lr_g", "lr_d", "beta1", "loss"}
+    assert first.params["loss"] == "ns" and first.state == optuna.trial.TrialState.COMPLETE
+    base = summary[summary["baseline"]]
+    assert len(base) == 1 and base["status"].item() == "completed"
+
+
+@pytest.mark.slow
+def test_asha_stopped_trials_are_pruned_in_optuna(smoke_study):
+    _, summary, trials = smoke_study
+    pruned = summary[summary["status"] == "pruned"]
+    assert len(pruned) >= 1, "smoke.yaml is sized so that ASHA stops at least one trial"
+    states = [t.state for t in trials]
+    assert states.count(optuna.trial.TrialState.PRUNED) == len(pruned)
+    assert (pruned["steps"] < 40).all()  # stopped early, in generator updates
+    # Optuna holds the final (final_n) value of each completed trial, nothing else.
+    done = summary[summary["status"] == "completed"].sort_values("fid")["fid"].tolist()
+    values = sorted(t.value for t in trials if t.state == optuna.trial.TrialState.COMPLETE)
+    assert values == pytest.approx(done)
+
+
+@pytest.mark.slow
+def test_two_trials_ran_at_once_with_one_thread_each(smoke_study):
+    out, summary, _ = smoke_study
+    intervals = sorted(zip(summary["started_at"], summary["ended_at"], strict=True))
+    overlaps = sum(b_start < a_end for (_, a_end), (b_start, _) in
+                   zip(intervals, intervals[1:], strict=False))
+    assert overlaps >= 1
+    threads = set()
+    for result in (out / "ray" / "search").glob("*/result.json"):
+        threads |= {r["torch_threads"] for r in pd.read_json(result, lines=True).to_dict(
+            "records") if "torch_threads" in r and r["torch_threads"] == r["torch_threads"]}
+    assert threads == {1}
+
+
+@pytest.mark.slow
+def test_best_config_reruns_as_a_train_config(smoke_study):
+    out, summary, _ = smoke_study
+    cfg = load_config(out / "best_config.yaml")
+    best = summary[summary["status"] == "completed"].sort_values("fid").iloc[0]
+    assert cfg.lr_g == pytest.approx(best["param_lr_g"]) and cfg.loss == best["param_loss"]
+    assert cfg.steps == 40 and cfg.threads == 0
+    assert (out / "best_generator.pt").exists()
+
+
+def test_smoke_shrinks_any_spec_and_keeps_its_space():
+    spec = smoke_spec(load_spec(ROOT / "search_spaces" / "smoke.yaml"))
+    assert spec.budget.steps == 40 and spec.fixed["width"] == 8 and "lr_g" in spec.space
+    assert baseline_params(spec)["lr_g"] == 2e-4
+
+
+@pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
+def test_bad_spec_is_one_line_exit_2_nothing_written_no_ray(path, tmp_path, capsys,
+                                                             monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("validation let a bad spec through to Ray")
+
+    monkeypatch.setattr(run_module, "run_study", must_not_run)
+    expected = path.read_text().splitlines()[0].removeprefix("# expect: ")
+    out = tmp_path / "study"
+    assert main([str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("error: ") and expected in err[0], err[0]
+    assert f"error: {path}: " in err[0]  # names the file, then the key
+    assert not out.exists()
+
+
+def test_every_shipped_search_space_validates():
+    for path in sorted((ROOT / "search_spaces").glob("*.yaml")):
+        spec = load_spec(path)
+        assert baseline_params(spec), path
+        assert yaml.safe_load(path.read_text())["name"] == spec.name
