@@ -87,12 +87,12 @@ def validate(spec_path: Path, smoke: bool, out: Path | None) -> tuple[StudySpec,
 
 
 def run_study(spec: StudySpec, study_dir: Path, spec_text: str) -> dict[str, Any]:
-    """Run the search; return {'rows': DataFrame, 'best': Series | None, 'wall_s': float}."""
+    """Search, then confirm; return the rows, tables and best trial for the report."""
     import ray
-    from ray import tune
+    from ray.tune.search import BasicVariantGenerator
 
-    from study.summary import trial_rows, write_outputs
-    from study.trainable import run_trial
+    from study.confirm import confirmation_points, confirmation_table, verdict
+    from study.summary import leaderboard, trial_rows, write_outputs
 
     t0 = time.time()
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -101,24 +101,48 @@ def run_study(spec: StudySpec, study_dir: Path, spec_text: str) -> dict[str, Any
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False,
                  log_to_driver=False)
+    search = fit(spec, study_dir, "search", build_searcher(spec, study_dir, baseline),
+                 build_scheduler(spec, baseline), spec.budget.trials, spec.budget.time_limit_s)
+    rows = trial_rows(search, spec, baseline)
+    out: dict[str, Any] = {"rows": rows, "baseline": baseline, "confirm_runs": None,
+                           "confirm_table": None, "verdict": None}
+    board = leaderboard(rows, spec)
+    if spec.confirm and not board.empty:
+        points = confirmation_points(board, baseline, spec)
+        # Tune fills preset points only into keys the param space declares.
+        keys = dict.fromkeys(k for point in points for k in point)
+        runs = trial_rows(fit(spec, study_dir, "confirm",
+                              BasicVariantGenerator(points_to_evaluate=points), None,
+                              len(points), None, param_space=keys), spec, baseline)
+        table = confirmation_table(runs, spec)
+        out.update(confirm_runs=runs, confirm_table=table, verdict=verdict(table, spec))
+    out["best"] = write_outputs(rows, spec, study_dir, out["confirm_runs"], out["confirm_table"])
+    out["wall_s"] = time.time() - t0
+    return out
+
+
+def fit(spec: StudySpec, study_dir: Path, name: str, search_alg, scheduler, num_samples: int,
+        time_budget_s: float | None, param_space: dict[str, Any] | None = None):
+    """One Tune run of `run_trial` (the search, or the confirmation) under the study's storage."""
+    from ray import tune
+
+    from study.trainable import run_trial
+
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec),
                                     {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     tuner = tune.Tuner(
-        trainable,
+        trainable, param_space=param_space,
         tune_config=tune.TuneConfig(
-            search_alg=build_searcher(spec, study_dir, baseline),
-            scheduler=build_scheduler(spec, baseline), num_samples=spec.budget.trials,
-            max_concurrent_trials=spec.max_concurrent, time_budget_s=spec.budget.time_limit_s),
+            search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
+            max_concurrent_trials=spec.max_concurrent, time_budget_s=time_budget_s),
         run_config=tune.RunConfig(
-            name="search", storage_path=str((study_dir / "ray").resolve()),
+            name=name, storage_path=str((study_dir / "ray").resolve()),
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=spec.metric,
                 checkpoint_score_order=spec.direction),
             verbose=1),
     )
-    rows = trial_rows(tuner.fit(), spec, baseline)
-    best = write_outputs(rows, spec, study_dir)
-    return {"rows": rows, "best": best, "baseline": baseline, "wall_s": time.time() - t0}
+    return tuner.fit()
 
 
 def print_report(out: dict[str, Any], spec: StudySpec, study_dir: Path) -> None:
@@ -135,6 +159,11 @@ def print_report(out: dict[str, Any], spec: StudySpec, study_dir: Path) -> None:
     base = rows[rows["baseline"]]
     print("\nbaseline (reference configuration)")
     print(base[columns].to_string(index=False))
+    if out["confirm_table"] is not None:
+        print(f"\nconfirmation: mean and sd of final {spec.metric} over "
+              f"{spec.confirm.seeds} new seeds")
+        print(out["confirm_table"].to_string(index=False))
+        print(out["verdict"])
     if out["best"] is not None:
         print(f"\nbest generator: {study_dir / 'best_generator.pt'}")
         print(f"best config:    {study_dir / 'best_config.yaml'}")

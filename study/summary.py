@@ -14,7 +14,7 @@ from ray.tune import ResultGrid
 from gan.config import make_config
 from gan.fileio import atomic_write_text
 from study.spec import StudySpec, trial_values
-from study.trainable import is_baseline
+from study.trainable import hyperparameters, is_baseline
 
 METRIC_COLUMNS = ["fid", "kid", "precision", "recall", "modes", "mode_kl", "classifier_score"]
 
@@ -32,11 +32,11 @@ def trial_rows(results: ResultGrid, spec: StudySpec, baseline: dict[str, Any]) -
             status = last.get("status", "completed")
         else:
             status = "pruned"
-        params = {k: v for k, v in r.config.items() if k != "seed"}
         row: dict[str, Any] = {
             "trial_id": last.get("trial_id", Path(r.path).name),
+            "label": r.config.get("label", ""),
             "baseline": is_baseline(r.config, baseline),
-            **{f"param_{k}": v for k, v in params.items()},
+            **{f"param_{k}": v for k, v in hyperparameters(r.config).items()},
             "seed": r.config.get("seed", spec.seed),
             "status": status,
             "steps": int(last.get("step", 0) or 0),
@@ -63,20 +63,34 @@ def leaderboard(rows: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
     return done.sort_values(spec.metric, ascending=spec.direction == "min")
 
 
+def row_params(row: pd.Series) -> dict[str, Any]:
+    """A summary row's hyperparameters, as plain Python values (inactive ones left out)."""
+    return {k.removeprefix("param_"): plain(v) for k, v in row.items()
+            if k.startswith("param_") and not pd.isna(v)}
+
+
 def best_train_config(spec: StudySpec, row: pd.Series) -> dict[str, Any]:
-    """The best trial as TrainConfig fields, runnable with `python -m gan.train --config`."""
-    params = {k.removeprefix("param_"): _plain(v) for k, v in row.items()
-              if k.startswith("param_") and not _missing(v)}
-    cfg = make_config({**trial_values(spec, params, int(row["seed"]), threads=0),
+    """A trial as TrainConfig fields, runnable with `python -m gan.train --config`."""
+    cfg = make_config({**trial_values(spec, row_params(row), int(row["seed"]), threads=0),
                        "device": "auto"})
     return cfg.model_dump()
 
 
-def write_outputs(rows: pd.DataFrame, spec: StudySpec, study_dir: Path) -> pd.Series | None:
-    """summary.csv always; best_config.yaml and best_generator.pt when a trial completed."""
-    csv = rows.drop(columns=["path"]).to_csv(index=False)
-    atomic_write_text(study_dir / "summary.csv", csv)
-    board = leaderboard(rows, spec)
+def write_outputs(rows: pd.DataFrame, spec: StudySpec, study_dir: Path,
+                  confirm_runs: pd.DataFrame | None = None,
+                  confirm_table: pd.DataFrame | None = None) -> pd.Series | None:
+    """summary.csv (and confirmation.csv) always; best_config.yaml and best_generator.pt when a
+    trial completed. With a confirmation phase, the best configuration is the best mean over
+    seeds, and its generator the best of its confirmation runs."""
+    atomic_write_text(study_dir / "summary.csv", rows.drop(columns=["path"]).to_csv(index=False))
+    if confirm_runs is not None:
+        atomic_write_text(study_dir / "confirmation.csv",
+                          confirm_runs.drop(columns=["path"]).to_csv(index=False))
+    if confirm_table is not None and not confirm_table.empty:
+        label = confirm_table.iloc[0]["label"]
+        board = leaderboard(confirm_runs[confirm_runs["label"] == label], spec)
+    else:
+        board = leaderboard(rows, spec)
     if board.empty:
         return None
     best = board.iloc[0]
@@ -86,10 +100,6 @@ def write_outputs(rows: pd.DataFrame, spec: StudySpec, study_dir: Path) -> pd.Se
     return best
 
 
-def _missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
-
-
-def _plain(v: Any) -> Any:
+def plain(v: Any) -> Any:
     """numpy scalars from pandas back to Python types, for YAML and pydantic."""
     return v.item() if hasattr(v, "item") else v

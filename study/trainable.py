@@ -38,9 +38,17 @@ def trial_device() -> str:
     return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
 
 
+NOT_HYPERPARAMETERS = ("seed", "label")  # Tune config keys the study adds in confirmation
+
+
+def hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
+    """A Tune config's hyperparameters; None marks a parameter inactive in this trial."""
+    return {k: v for k, v in config.items() if k not in NOT_HYPERPARAMETERS and v is not None}
+
+
 def run_trial(config: dict[str, Any], spec: StudySpec) -> None:
     """The Tune function trainable: one `gan.train` run, resumed from Tune's checkpoint if any."""
-    params = {k: v for k, v in config.items() if k != "seed"}
+    params = hyperparameters(config)
     threads = max(1, math.floor(spec.resources.cpu))  # torch threads = the CPUs Ray gave us
     cfg = make_config({**trial_values(spec, params, config.get("seed"), threads),
                        "device": trial_device()}, "trial config")
@@ -134,5 +142,4 @@ class StudyASHA(ASHAScheduler):
 
 
 def is_baseline(config: dict[str, Any], baseline: dict[str, Any]) -> bool:
-    params = {k: v for k, v in config.items() if k != "seed"}
-    return params == baseline
+    return hyperparameters(config) == baseline

@@ -9,6 +9,7 @@ import yaml
 
 import study.run as run_module
 from gan.config import load_config
+from study.confirm import confirmation_table, verdict
 from study.run import main, smoke_spec
 from study.space import REFERENCE, baseline_params
 from study.spec import load_spec
@@ -81,12 +82,37 @@ def test_two_trials_ran_at_once_with_one_thread_each(smoke_study):
 
 
 @pytest.mark.slow
-def test_best_config_reruns_as_a_train_config(smoke_study):
+def test_confirmation_retrains_top_k_and_baseline_with_new_seeds(smoke_study):
     out, summary, _ = smoke_study
+    spec = load_spec(ROOT / "search_spaces" / "smoke.yaml")
+    runs = pd.read_csv(out / "confirmation.csv")
+    assert len(runs) == (spec.confirm.top_k + 1) * spec.confirm.seeds
+    assert sorted(set(runs["label"])) == ["baseline", "top-1"]
+    assert set(runs["seed"]) == {1000, 1001} and not set(runs["seed"]) & set(summary["seed"])
+    assert (runs["status"] == "completed").all()
+    # top-1 is the search's best non-baseline configuration, re-run unchanged
+    best_search = summary[(summary["status"] == "completed") & ~summary["baseline"]].sort_values(
+        "fid").iloc[0]
+    top1 = runs[runs["label"] == "top-1"].iloc[0]
+    assert top1["param_lr_g"] == pytest.approx(best_search["param_lr_g"])
+    table = confirmation_table(runs, spec)
+    assert list(table["n"]) == [2, 2] and (table["sd"] >= 0).all()
+    assert table["mean"].is_monotonic_increasing
+    assert verdict(table, spec).split(" (")[0] in {
+        "best beats baseline by more than their spreads", "best does not beat the baseline",
+        "best is ahead of baseline, but within their spreads: not a claim"}
+
+
+@pytest.mark.slow
+def test_best_config_is_the_best_mean_and_reruns_as_a_train_config(smoke_study):
+    out, _, _ = smoke_study
+    spec = load_spec(ROOT / "search_spaces" / "smoke.yaml")
+    runs = pd.read_csv(out / "confirmation.csv")
+    label = confirmation_table(runs, spec).iloc[0]["label"]
+    best = runs[runs["label"] == label].sort_values("fid").iloc[0]
     cfg = load_config(out / "best_config.yaml")
-    best = summary[summary["status"] == "completed"].sort_values("fid").iloc[0]
     assert cfg.lr_g == pytest.approx(best["param_lr_g"]) and cfg.loss == best["param_loss"]
-    assert cfg.steps == 40 and cfg.threads == 0
+    assert cfg.seed == best["seed"] and cfg.steps == 40 and cfg.threads == 0
     assert (out / "best_generator.pt").exists()
 
 
