@@ -32,6 +32,8 @@ from gan.progress import Progress
 
 # Fields a resumed run may change: they do not alter what is computed up to the checkpoint.
 RESUMABLE_FIELDS = {"steps", "threads", "device"}
+# Adam's settings: a resumed run may change them (PBT's perturbations); nothing else about it.
+OPTIMIZER_FIELDS = frozenset({"lr_g", "lr_d", "beta1", "beta2"})
 SMOKE = {"steps": 20, "log_every": 5, "sample_every": 10, "checkpoint_every": 10,
          "batch_size": 32, "eval_every": 20, "eval_n": 200, "final_n": 500}
 FIXED_SAMPLES = 64
@@ -96,12 +98,13 @@ def prepare_out_dir(out_dir: Path, resume: bool) -> None:
         raise ConfigError(f"{out_dir}: cannot create the output directory ({reason})") from None
 
 
-def resume_state(cfg: TrainConfig, out_dir: Path) -> dict:
+def resume_state(cfg: TrainConfig, out_dir: Path, may_change: frozenset[str]) -> dict:
     """The checkpoint to resume from, checked against the config it will continue under."""
     state = load_checkpoint(out_dir / "checkpoint.pt")
     saved = checkpoint_config(state, out_dir / "checkpoint.pt")
+    allowed = RESUMABLE_FIELDS | may_change
     changed = [k for k in TrainConfig.model_fields
-               if k not in RESUMABLE_FIELDS and getattr(cfg, k) != getattr(saved, k)]
+               if k not in allowed and getattr(cfg, k) != getattr(saved, k)]
     if changed:
         raise ConfigError(f"{out_dir}: {changed[0]}: cannot change when resuming "
                           f"(checkpoint has {getattr(saved, changed[0])!r})")
@@ -109,11 +112,16 @@ def resume_state(cfg: TrainConfig, out_dir: Path) -> dict:
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
-          on_log: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train to `cfg.steps` generator updates; `on_log` sees each record of metrics.jsonl."""
+          on_log: Callable[[dict], None] | None = None,
+          may_change: frozenset[str] = frozenset()) -> TrainResult:
+    """Train to `cfg.steps` generator updates; `on_log` sees each record of metrics.jsonl.
+
+    On resume, the fields in `may_change` (say OPTIMIZER_FIELDS) may differ from the
+    checkpoint's, as when PBT continues a better trial's checkpoint with perturbed learning rates.
+    """
     out_dir = Path(out_dir)
     # Everything that can fail on bad input happens before the first write into out_dir.
-    state = resume_state(cfg, out_dir) if resume else None
+    state = resume_state(cfg, out_dir, may_change) if resume else None
     device = select_device(cfg.device)
     data = load_images(cfg.dataset, cfg.image_size, cfg.channels, data_dir=cfg.data_dir).to(device)
     evaluator = Evaluator(cfg.dataset, cfg.image_size, device) if cfg.eval_every else None
@@ -140,6 +148,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         D.load_state_dict(state["discriminator"])
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
+        # Loading restores the saved learning rates and betas; the config's are the ones to use.
+        for opt, lr in ((opt_g, cfg.lr_g), (opt_d, cfg.lr_d)):
+            for group in opt.param_groups:
+                group["lr"], group["betas"] = lr, (cfg.beta1, cfg.beta2)
         torch.set_rng_state(state["rng"]["torch"])
         if device.type == "cuda" and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])

@@ -19,8 +19,8 @@ from gan.errors import ConfigError, GanError
 from gan.fileio import atomic_write_text
 from gan.metrics.features import weights_path
 from gan.train import OneLineParser
-from study.space import baseline_params
-from study.spec import Asha, StudySpec, load_spec, parse_spec
+from study.space import baseline_params, tune_param_space
+from study.spec import Asha, Pbt, StudySpec, load_spec, parse_spec
 
 SMOKE_FIXED = {"width": 8, "batch_size": 32, "eval_n": 200, "final_n": 300}
 
@@ -28,10 +28,12 @@ SMOKE_FIXED = {"width": 8, "batch_size": 32, "eval_n": 200, "final_n": 300}
 def smoke_spec(spec: StudySpec) -> StudySpec:
     """The same study shrunk to a few trials of a few steps: seconds per trial."""
     data = spec.model_dump()
-    data["budget"].update(trials=min(spec.budget.trials, 6), steps=40, eval_every=10,
+    data["budget"].update(trials=min(spec.budget.trials, 6), steps=60, eval_every=10,
                           time_limit_s=None)
     if isinstance(spec.scheduler, Asha):
         data["scheduler"].update(grace_period=10, reduction_factor=2)
+    if isinstance(spec.scheduler, Pbt):
+        data["scheduler"].update(perturbation_interval=20)
     space = {k: v for k, v in data["space"].items() if k not in SMOKE_FIXED}
     data["space"], data["fixed"] = space, {**data["fixed"], **SMOKE_FIXED}
     if data["confirm"]:
@@ -60,8 +62,16 @@ def build_searcher(spec: StudySpec, study_dir: Path, baseline: dict[str, Any]):
 def build_scheduler(spec: StudySpec, baseline: dict[str, Any]):
     from ray.tune.schedulers import FIFOScheduler
 
-    from study.trainable import StudyASHA
+    from study.space import tune_domain
+    from study.trainable import StudyASHA, StudyPBT
 
+    if isinstance(spec.scheduler, Pbt):
+        return StudyPBT(
+            baseline, time_attr="step", metric=spec.metric, mode=spec.direction,
+            perturbation_interval=spec.scheduler.perturbation_interval,
+            quantile_fraction=spec.scheduler.quantile_fraction,
+            hyperparam_mutations={k: tune_domain(spec.space[k])
+                                  for k in spec.scheduler.mutations})
     if isinstance(spec.scheduler, Asha):
         return StudyASHA(
             baseline, time_attr="step", metric=spec.metric, mode=spec.direction,
@@ -101,9 +111,16 @@ def run_study(spec: StudySpec, study_dir: Path, spec_text: str) -> dict[str, Any
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False,
                  log_to_driver=False)
-    search = fit(spec, study_dir, "search", build_searcher(spec, study_dir, baseline),
-                 build_scheduler(spec, baseline), spec.budget.trials, spec.budget.time_limit_s)
-    rows = trial_rows(search, spec, baseline)
+    if isinstance(spec.scheduler, Pbt):
+        # Ray runs no searcher beside PBT: a seeded random population, the baseline its first.
+        search_alg = BasicVariantGenerator(points_to_evaluate=[baseline], random_state=spec.seed)
+        param_space = tune_param_space(spec)
+    else:
+        search_alg, param_space = build_searcher(spec, study_dir, baseline), None
+    search = fit(spec, study_dir, "search", search_alg, build_scheduler(spec, baseline),
+                 spec.budget.trials, spec.budget.time_limit_s, param_space)
+    trials_dir = study_dir / "trials"
+    rows = trial_rows(search, spec, baseline, trials_dir)
     out: dict[str, Any] = {"rows": rows, "baseline": baseline, "confirm_runs": None,
                            "confirm_table": None, "verdict": None}
     board = leaderboard(rows, spec)
@@ -113,7 +130,7 @@ def run_study(spec: StudySpec, study_dir: Path, spec_text: str) -> dict[str, Any
         keys = dict.fromkeys(k for point in points for k in point)
         runs = trial_rows(fit(spec, study_dir, "confirm",
                               BasicVariantGenerator(points_to_evaluate=points), None,
-                              len(points), None, param_space=keys), spec, baseline)
+                              len(points), None, param_space=keys), spec, baseline, trials_dir)
         table = confirmation_table(runs, spec)
         out.update(confirm_runs=runs, confirm_table=table, verdict=verdict(table, spec))
     out["best"] = write_outputs(rows, spec, study_dir, out["confirm_runs"], out["confirm_table"])
@@ -128,8 +145,12 @@ def fit(spec: StudySpec, study_dir: Path, name: str, search_alg, scheduler, num_
 
     from study.trainable import run_trial
 
-    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec),
-                                    {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    trials_dir = str((study_dir / "trials").resolve())
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, spec=spec, trials_dir=trials_dir),
+        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    # PBT clones other trials' recent checkpoints, so it needs more than the latest and the best.
+    keep = 4 if isinstance(spec.scheduler, Pbt) else 1
     tuner = tune.Tuner(
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(
@@ -138,7 +159,7 @@ def fit(spec: StudySpec, study_dir: Path, name: str, search_alg, scheduler, num_
         run_config=tune.RunConfig(
             name=name, storage_path=str((study_dir / "ray").resolve()),
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=spec.metric,
+                num_to_keep=keep, checkpoint_score_attribute=spec.metric,
                 checkpoint_score_order=spec.direction),
             verbose=1),
     )

@@ -66,3 +66,35 @@ def baseline_params(spec: StudySpec) -> dict[str, Any]:
                               "so that the study always reports the reference configuration")
         params[key] = value
     return params
+
+
+class _WhenActive:
+    """A Tune `sample_from` for a conditional parameter: None (inactive) unless its condition
+    holds for the values sampled for the other parameters."""
+
+    def __init__(self, when: dict, domain):
+        self.when, self.domain = when, domain
+
+    def __call__(self, spec) -> Any:
+        return self.domain.sample() if _active(self.when, dict(spec.config)) else None
+
+
+def tune_domain(p: FloatParam | IntParam | CategoricalParam):
+    from ray import tune
+
+    if isinstance(p, FloatParam):
+        return tune.loguniform(p.low, p.high) if p.log else tune.uniform(p.low, p.high)
+    if isinstance(p, IntParam):
+        return (tune.qlograndint if p.log else tune.qrandint)(p.low, p.high, p.step)
+    return tune.choice(p.choices)
+
+
+def tune_param_space(spec: StudySpec) -> dict[str, Any]:
+    """The space as Tune's own sampling domains: PBT's random initial population."""
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for key, p in spec.space.items():
+        domain = tune_domain(p)
+        space[key] = tune.sample_from(_WhenActive(p.when, domain)) if p.when else domain
+    return space

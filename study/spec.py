@@ -152,6 +152,14 @@ class StudySpec(Strict):
                         raise ValueError(f"space.{key}.when.{cond_key}: {v!r} is not one of "
                                          f"{allowed}")
             seen[key] = param
+        if isinstance(self.scheduler, Pbt):
+            for key in self.scheduler.mutations:
+                if not isinstance(self.space.get(key), FloatParam):
+                    raise ValueError(f"scheduler.mutations: {key} must be a float parameter in "
+                                     "space (its range bounds the perturbations)")
+            if self.scheduler.perturbation_interval % self.budget.eval_every:
+                raise ValueError("scheduler.perturbation_interval: must be a multiple of "
+                                 "budget.eval_every (PBT acts on evaluations)")
         if isinstance(self.scheduler, Pbt) and self.searcher != "random":
             raise ValueError("searcher: Ray runs no search algorithm beside PBT; "
                              "use searcher: random (the initial population is sampled at random)")

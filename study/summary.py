@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -14,12 +15,13 @@ from ray.tune import ResultGrid
 from gan.config import make_config
 from gan.fileio import atomic_write_text
 from study.spec import StudySpec, trial_values
-from study.trainable import hyperparameters, is_baseline
+from study.trainable import PERTURBATIONS, hyperparameters, is_baseline
 
 METRIC_COLUMNS = ["fid", "kid", "precision", "recall", "modes", "mode_kl", "classifier_score"]
 
 
-def trial_rows(results: ResultGrid, spec: StudySpec, baseline: dict[str, Any]) -> pd.DataFrame:
+def trial_rows(results: ResultGrid, spec: StudySpec, baseline: dict[str, Any],
+               trials_dir: Path) -> pd.DataFrame:
     """One row per trial: id, every hyperparameter, final and best-seen metrics, status, time."""
     rows = []
     for r in results:
@@ -32,8 +34,9 @@ def trial_rows(results: ResultGrid, spec: StudySpec, baseline: dict[str, Any]) -
             status = last.get("status", "completed")
         else:
             status = "pruned"
+        trial_id = last.get("trial_id") or _trial_id(r.path)
         row: dict[str, Any] = {
-            "trial_id": last.get("trial_id", Path(r.path).name),
+            "trial_id": trial_id,
             "label": r.config.get("label", ""),
             "baseline": is_baseline(r.config, baseline),
             **{f"param_{k}": v for k, v in hyperparameters(r.config).items()},
@@ -53,7 +56,10 @@ def trial_rows(results: ResultGrid, spec: StudySpec, baseline: dict[str, Any]) -
         for m in ("fid",):
             seen = evals[m] if m in evals else pd.Series(dtype=float)
             row[f"best_eval_{m}"] = float(seen.min()) if len(seen) else math.nan
-        row["path"] = r.path
+        history = trials_dir / trial_id / PERTURBATIONS  # PBT's exploits of this trial
+        events = history.read_text().splitlines() if history.exists() else []
+        row["perturbations"] = json.dumps([json.loads(x) for x in events]) if events else ""
+        row["path"] = str(trials_dir / trial_id)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -96,8 +102,13 @@ def write_outputs(rows: pd.DataFrame, spec: StudySpec, study_dir: Path,
     best = board.iloc[0]
     config = best_train_config(spec, best)
     atomic_write_text(study_dir / "best_config.yaml", yaml.safe_dump(config, sort_keys=False))
-    shutil.copy2(Path(best["path"]) / "run" / "best.pt", study_dir / "best_generator.pt")
+    shutil.copy2(Path(best["path"]) / "best.pt", study_dir / "best_generator.pt")
     return best
+
+
+def _trial_id(ray_trial_path: str) -> str:
+    """Ray's trial folder is named <trainable>_<trial id>_<index>_<params>_<time>."""
+    return Path(ray_trial_path).name.split("_")[2]
 
 
 def plain(v: Any) -> Any:

@@ -8,6 +8,7 @@ marked `final`, carries the best checkpoint re-scored with `final_n` samples: th
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -18,15 +19,18 @@ from typing import Any
 import ray
 import torch
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
 from ray.tune.search.optuna import OptunaSearch
 
+from gan.checkpoint import load_checkpoint
 from gan.config import make_config
 from gan.errors import DivergedError
-from gan.train import train
+from gan.train import OPTIMIZER_FIELDS, train
 from study.spec import StudySpec, trial_values
 
 CHECKPOINT_FILES = ("checkpoint.pt", "best.pt")
+ORIGIN = "origin.json"  # which trial and step a reported checkpoint came from
+PERTURBATIONS = "perturbations.jsonl"
 WORST = 1e9  # a diverged trial's value: worse than any real score
 
 
@@ -46,14 +50,19 @@ def hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in NOT_HYPERPARAMETERS and v is not None}
 
 
-def run_trial(config: dict[str, Any], spec: StudySpec) -> None:
-    """The Tune function trainable: one `gan.train` run, resumed from Tune's checkpoint if any."""
+def run_trial(config: dict[str, Any], spec: StudySpec, trials_dir: str) -> None:
+    """The Tune function trainable: one `gan.train` run, resumed from Tune's checkpoint if any.
+
+    Its outputs (metrics.jsonl, samples, checkpoints) go to `trials_dir/<trial id>/`, a folder of
+    the study's own (shared storage on a cluster), not Ray's staging folder, which Ray copies
+    while the trainer writes."""
     params = hyperparameters(config)
     threads = max(1, math.floor(spec.resources.cpu))  # torch threads = the CPUs Ray gave us
     cfg = make_config({**trial_values(spec, params, config.get("seed"), threads),
                        "device": trial_device()}, "trial config")
-    run_dir = Path(tune.get_context().get_trial_dir()) / "run"
-    report_dir = run_dir.parent / "report-checkpoint"
+    trial_id = tune.get_context().get_trial_id()
+    run_dir = Path(trials_dir) / trial_id
+    report_dir = Path(trials_dir) / f".{trial_id}-report"
     # Where and how the trial ran, in every report: the summary and the tests read it.
     provenance = {"node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
                   "device": cfg.device, "started_at": time.time()}
@@ -65,6 +74,7 @@ def run_trial(config: dict[str, Any], spec: StudySpec) -> None:
             for name in CHECKPOINT_FILES:
                 if (Path(restored) / name).exists():
                     shutil.copy2(Path(restored) / name, run_dir / name)
+            record_perturbation(Path(restored), cfg, run_dir)
         resume = True
 
     def report_evaluation(record: dict) -> None:
@@ -75,13 +85,17 @@ def run_trial(config: dict[str, Any], spec: StudySpec) -> None:
         for name in CHECKPOINT_FILES:
             if (run_dir / name).exists():
                 _link_or_copy(run_dir / name, report_dir / name)
+        (report_dir / ORIGIN).write_text(json.dumps({"trial_id": trial_id,
+                                                     "step": record["step"]}))
         # Tune copies the directory into its storage before returning.
         tune.report({**record, **provenance, "torch_threads": torch.get_num_threads(),
                      "final": False, "status": "running"},
                     checkpoint=tune.Checkpoint.from_directory(str(report_dir)))
 
     try:
-        result = train(cfg, run_dir, resume=resume, on_log=report_evaluation)
+        # Adam's settings may differ from the checkpoint's: PBT perturbs them on exploit.
+        result = train(cfg, run_dir, resume=resume, on_log=report_evaluation,
+                       may_change=OPTIMIZER_FIELDS)
     except DivergedError as err:
         tune.report({spec.metric: worst_value(spec), "step": err.step, **provenance,
                      "final": True, "status": "diverged", "reason": str(err)})
@@ -90,6 +104,23 @@ def run_trial(config: dict[str, Any], spec: StudySpec) -> None:
         shutil.rmtree(report_dir, ignore_errors=True)
     tune.report({**result.final, "step": cfg.steps, **provenance, "final": True,
                  "status": "completed"})
+
+
+def record_perturbation(restored: Path, cfg, run_dir: Path) -> None:
+    """When a trial continues another trial's checkpoint (PBT's exploit), append what it took and
+    what changed to the trial's perturbation history."""
+    if not (restored / ORIGIN).exists():
+        return
+    origin = json.loads((restored / ORIGIN).read_text())
+    saved = load_checkpoint(restored / "checkpoint.pt")["config"]
+    changed = {k: [saved[k], getattr(cfg, k)] for k in sorted(OPTIMIZER_FIELDS)
+               if saved[k] != getattr(cfg, k)}
+    own = origin["trial_id"] == tune.get_context().get_trial_id()
+    if own and not changed:
+        return  # a plain restore of this trial's own checkpoint (after a failure)
+    with open(run_dir / PERTURBATIONS, "a") as f:
+        f.write(json.dumps({"step": origin["step"], "from_trial": origin["trial_id"],
+                            "changed": changed}) + "\n")
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -139,6 +170,19 @@ class StudyASHA(ASHAScheduler):
         if is_baseline(trial.config, self.baseline) or result.get("step", 0) >= self._max_t:
             return self.CONTINUE
         return decision
+
+
+class StudyPBT(PopulationBasedTraining):
+    """PBT that never replaces the baseline member's weights or settings: it stays the study's
+    reference, while still serving as a donor when it is in the upper quantile."""
+
+    def __init__(self, baseline: dict[str, Any], **kwargs: Any):
+        super().__init__(**kwargs)
+        self.baseline = baseline
+
+    def _checkpoint_or_exploit(self, trial, tune_controller, upper_quantile, lower_quantile):
+        lower = [t for t in lower_quantile if not is_baseline(t.config, self.baseline)]
+        super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile, lower)
 
 
 def is_baseline(config: dict[str, Any], baseline: dict[str, Any]) -> bool:

@@ -1,5 +1,6 @@
 """The study end to end, with real Ray, Optuna and SQLite: one smoke study feeds many checks."""
 
+import json
 from pathlib import Path
 
 import optuna
@@ -118,7 +119,7 @@ def test_best_config_is_the_best_mean_and_reruns_as_a_train_config(smoke_study):
 
 def test_smoke_shrinks_any_spec_and_keeps_its_space():
     spec = smoke_spec(load_spec(ROOT / "search_spaces" / "smoke.yaml"))
-    assert spec.budget.steps == 40 and spec.fixed["width"] == 8 and "lr_g" in spec.space
+    assert spec.budget.steps == 60 and spec.fixed["width"] == 8 and "lr_g" in spec.space
     assert baseline_params(spec)["lr_g"] == 2e-4
 
 
@@ -144,3 +145,21 @@ def test_every_shipped_search_space_validates():
         spec = load_spec(path)
         assert baseline_params(spec), path
         assert yaml.safe_load(path.read_text())["name"] == spec.name
+
+
+@pytest.mark.slow
+def test_pbt_perturbs_learning_rates_and_restores_from_better_trials(ray_session, tmp_path):
+    out = tmp_path / "pbt"
+    assert main([str(ROOT / "search_spaces" / "pbt.yaml"), "--smoke", "--out", str(out)]) == 0
+    summary = pd.read_csv(out / "summary.csv", keep_default_na=False)
+    assert len(summary) == 4 and (summary["status"] == "completed").all()
+    assert not (out / "optuna.db").exists()  # Ray runs no searcher beside PBT
+    base = summary[summary["baseline"]]
+    assert len(base) == 1 and base["perturbations"].item() == ""  # never exploited
+    histories = [json.loads(h) for h in summary["perturbations"] if h]
+    assert histories, "PBT exploited no trial in 60 steps with perturbations every 20"
+    ids = set(summary["trial_id"])
+    for history in histories:
+        for event in history:
+            assert event["from_trial"] in ids and event["step"] % 20 == 0
+            assert set(event["changed"]) <= {"lr_g", "lr_d"} and event["changed"]

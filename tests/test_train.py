@@ -12,7 +12,7 @@ from gan.config import make_config
 from gan.errors import ConfigError, DivergedError
 from gan.losses import Loss
 from gan.sample import main as sample_main
-from gan.train import main, train
+from gan.train import OPTIMIZER_FIELDS, main, train
 from tests.conftest import tiny
 
 LOSS_KEYS = ("loss_d", "loss_g", "d_real", "d_fake", "acc_real", "acc_fake")
@@ -81,6 +81,18 @@ def test_resume_refuses_a_changed_hyperparameter(tmp_path):
         train(make_config(tiny(lr_g=1e-3, steps=8)), tmp_path, resume=True)
     # Extending a finished run is allowed.
     assert train(make_config(tiny(steps=8)), tmp_path, resume=True).records[-1]["step"] == 8
+
+
+def test_resume_with_new_optimizer_settings_uses_them(tmp_path):
+    """What PBT does: continue a checkpoint with perturbed learning rates."""
+    train(make_config(tiny()), tmp_path)
+    train(make_config(tiny(steps=8, lr_g=1e-3, beta1=0.0)), tmp_path, resume=True,
+          may_change=OPTIMIZER_FIELDS)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["opt_g"]["param_groups"][0]["lr"] == 1e-3
+    assert state["opt_g"]["param_groups"][0]["betas"] == (0.0, 0.999)
+    assert state["opt_d"]["param_groups"][0]["lr"] == 2e-4
+    assert state["config"]["lr_g"] == 1e-3 and state["step"] == 8
 
 
 def test_a_nan_loss_ends_the_run_naming_step_and_loss(tmp_path, monkeypatch):
