@@ -19,6 +19,10 @@ Arch = Literal["mlp", "dcgan"]
 LossName = Literal["bce", "ns", "hinge", "lsgan", "wgan"]
 NAMED_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 MAX_YAML_BYTES = 1 << 20
+# An alias is a reference, cheap to load, but whatever walks the result walks it again: ten
+# nested levels of ten aliases each are 10^10 nodes to validate. Configs need few if any.
+MAX_YAML_ALIASES = 16
+MAX_YAML_DEPTH = 50
 
 
 class TrainConfig(BaseModel):
@@ -71,6 +75,11 @@ class TrainConfig(BaseModel):
     amp: bool = False  # bf16 autocast; CUDA only
     channels_last: bool = False  # memory format for conv nets; CUDA only
 
+    # fault injection, for testing what happens around a run: at generator update `fault_step`,
+    # "raise" raises InjectedFault (a crash), "nan" makes the discriminator's loss NaN
+    fault: Literal["none", "raise", "nan"] = "none"
+    fault_step: int = Field(0, ge=0)
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         if self.dataset not in NAMED_DATASETS and not self.dataset.startswith("folder:"):
@@ -94,16 +103,23 @@ class TrainConfig(BaseModel):
         return self.threads or len(os.sched_getaffinity(0))
 
 
-def one_line_error(err: ValidationError, source: str) -> str:
-    """A pydantic error as one line: `source: key.path: message; ...`."""
+def one_line_error(err: ValidationError, source: str, tags: frozenset[str] = frozenset()) -> str:
+    """A pydantic error as one line: `source: key.path: message; ...`. `tags` are the tags of
+    tagged unions, which pydantic puts in the path but the file does not have."""
     parts = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])
+        key = ".".join(_key(p) for p in e["loc"] if p not in tags)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         parts.append(f"{key}: {msg}" if key else msg)
-    return f"{source}: " + "; ".join(parts)
+    return f"{source}: " + "; ".join(parts).replace("\n", "\\n")
+
+
+def _key(part: str | int) -> str:
+    """A key as written in the file, quoted when it would not read as one (spaces, newlines)."""
+    text = str(part)
+    return text if text and text.isprintable() and " " not in text else repr(text)
 
 
 def make_config(values: dict[str, Any], source: str = "config") -> TrainConfig:
@@ -114,6 +130,30 @@ def make_config(values: dict[str, Any], source: str = "config") -> TrainConfig:
         raise ConfigError(one_line_error(err, source)) from None
     except TypeError as err:  # non-string keys, e.g. `1: 2` in a YAML file
         raise ConfigError(f"{source}: {err}") from None
+
+
+class BoundedSafeLoader(yaml.SafeLoader):
+    """safe_load with the number of aliases and the nesting depth bounded."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self.aliases, self.depth = 0, 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        mark = self.peek_event().start_mark
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_YAML_ALIASES:
+                raise yaml.composer.ComposerError(
+                    None, None, f"more than {MAX_YAML_ALIASES} aliases", mark)
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -127,11 +167,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if len(raw) > MAX_YAML_BYTES:
         raise ConfigError(f"{path}: larger than {MAX_YAML_BYTES} bytes")
     try:
-        data = yaml.safe_load(raw)
+        data = yaml.load(raw, Loader=BoundedSafeLoader)  # noqa: S506 (a SafeLoader)
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f" (line {where.line + 1})" if where else ""
-        raise ConfigError(f"{path}: invalid YAML{line}: {getattr(err, 'problem', err)}") from None
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: invalid YAML{line}: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -164,6 +164,13 @@ def _cache_key(dataset: str, split: str, image_size: int, channels: int) -> tupl
     return f"folder-{h.hexdigest()[:16]}-{image_size}px-{channels}ch-v{CACHE_VERSION}", files
 
 
+def check_available(dataset: str) -> None:
+    """Fail fast, before any work starts, when a folder dataset is missing or holds no images.
+    (Named datasets are checked when loaded: mnist ships, torchvision's may download.)"""
+    if dataset.startswith("folder:"):
+        _folder_files(Path(dataset.removeprefix("folder:")).expanduser().resolve())
+
+
 def load_images(dataset: str, image_size: int, channels: int, split: str = "train",
                 data_dir: str | None = None) -> ImageData:
     """Decode a dataset once (then load it from the on-disk cache) at the given size/channels."""

@@ -23,3 +23,7 @@ class DivergedError(RuntimeError):
     def __init__(self, step: int, loss_name: str, value: float):
         self.step, self.loss_name, self.value = step, loss_name, value
         super().__init__(f"training diverged at step {step}: {loss_name} = {value}")
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose (TrainConfig.fault = "raise"): a stand-in for a crashing trial."""

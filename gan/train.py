@@ -23,7 +23,7 @@ from gan.artifacts import plot_losses, save_grid, write_progress_gif
 from gan.checkpoint import checkpoint_config, load_checkpoint, load_generator, save_checkpoint
 from gan.config import TrainConfig, load_config, make_config, parse_overrides, read_yaml
 from gan.data import load_images
-from gan.errors import ConfigError, DivergedError, GanError
+from gan.errors import ConfigError, DivergedError, GanError, InjectedFault
 from gan.fileio import atomic_write_text, read_jsonl, write_jsonl
 from gan.losses import LOSSES, gradient_penalty
 from gan.metrics.evaluate import Evaluator
@@ -175,6 +175,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
                     loss_d = objective.d(real_logits, fake_logits, real_label)
                     if cfg.loss == "wgan":
                         loss_d = loss_d + cfg.gp_weight * gradient_penalty(D, real, fake.detach())
+                if cfg.fault == "nan" and step + 1 == cfg.fault_step:
+                    loss_d = loss_d * math.nan
                 opt_d.zero_grad(set_to_none=True)
                 loss_d.backward()
                 opt_d.step()
@@ -196,6 +198,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         check_finite(step + 1, loss_g=loss_g)
         means.add(loss_g=loss_g)
         train_seconds += time.perf_counter() - t0
+
+        if cfg.fault == "raise" and step + 1 == cfg.fault_step:
+            raise InjectedFault(f"injected fault at step {step + 1}")
 
         # ------------- Bookkeeping, in generator updates -------------
         # Order matters: the log line is on disk before the checkpoint that follows it (so a

@@ -52,6 +52,18 @@ class DefineByRun:
         suggest(trial, self.spec)
 
 
+NOT_HYPERPARAMETERS = ("seed", "label")  # Tune config keys the study adds in confirmation
+
+
+def hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
+    """A Tune config's hyperparameters; None marks a parameter inactive in this trial."""
+    return {k: v for k, v in config.items() if k not in NOT_HYPERPARAMETERS and v is not None}
+
+
+def is_baseline(config: dict[str, Any], baseline: dict[str, Any]) -> bool:
+    return hyperparameters(config) == baseline
+
+
 def baseline_params(spec: StudySpec) -> dict[str, Any]:
     """The reference configuration in the spec's space: reference values where it names them,
     TrainConfig's defaults elsewhere, only for the parameters that are active."""
@@ -66,6 +78,21 @@ def baseline_params(spec: StudySpec) -> dict[str, Any]:
                               "so that the study always reports the reference configuration")
         params[key] = value
     return params
+
+
+def distributions(spec: StudySpec) -> dict[str, str]:
+    """Each parameter's Optuna distribution, as Optuna's JSON: what a study rebuilt from records
+    (MLflow runs) needs beside the trials' values."""
+    out = {}
+    for key, p in spec.space.items():
+        if isinstance(p, FloatParam):
+            dist = optuna.distributions.FloatDistribution(p.low, p.high, log=p.log)
+        elif isinstance(p, IntParam):
+            dist = optuna.distributions.IntDistribution(p.low, p.high, log=p.log, step=p.step)
+        else:
+            dist = optuna.distributions.CategoricalDistribution(p.choices)
+        out[key] = optuna.distributions.distribution_to_json(dist)
+    return out
 
 
 class _WhenActive:

@@ -105,6 +105,9 @@ class Confirm(Strict):
     seeds: int = Field(ge=2, le=20)
 
 
+UNION_TAGS = frozenset({"float", "int", "categorical", "asha", "pbt", "none"})
+
+
 class StudySpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     dataset: str = "mnist"
@@ -117,6 +120,7 @@ class StudySpec(Strict):
     searcher: Literal["tpe", "random"] = "tpe"
     resources: Resources = Resources()
     max_concurrent: int = Field(2, ge=1)
+    max_failures: int = Field(1, ge=0, le=10)  # retries of a crashed trial, from its checkpoint
     confirm: Confirm | None = None
     fixed: dict[str, Any] = {}
     space: dict[str, Param] = Field(min_length=1)
@@ -205,7 +209,7 @@ def parse_spec(data: dict[str, Any], source: str) -> StudySpec:
     try:
         spec = StudySpec(**data)
     except ValidationError as err:
-        raise ConfigError(one_line_error(err, source)) from None
+        raise ConfigError(one_line_error(err, source, UNION_TAGS)) from None
     except TypeError as err:
         raise ConfigError(f"{source}: {err}") from None
     _check_values(spec, source)

@@ -6,16 +6,18 @@ import json
 import math
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import yaml
-from ray.tune import ResultGrid
 
 from gan.config import make_config
 from gan.fileio import atomic_write_text
+from study.space import hyperparameters, is_baseline
 from study.spec import StudySpec, trial_values
-from study.trainable import PERTURBATIONS, hyperparameters, is_baseline
+
+if TYPE_CHECKING:  # Ray stays out of what a report kernel imports (study.confirm uses this)
+    from ray.tune import ResultGrid
 
 METRIC_COLUMNS = ["fid", "kid", "precision", "recall", "modes", "mode_kl", "classifier_score"]
 
@@ -23,6 +25,8 @@ METRIC_COLUMNS = ["fid", "kid", "precision", "recall", "modes", "mode_kl", "clas
 def trial_rows(results: ResultGrid, spec: StudySpec, baseline: dict[str, Any],
                trials_dir: Path) -> pd.DataFrame:
     """One row per trial: id, every hyperparameter, final and best-seen metrics, status, time."""
+    from study.trainable import PERTURBATIONS, error_reason
+
     rows = []
     for r in results:
         last = r.metrics or {}
@@ -44,8 +48,11 @@ def trial_rows(results: ResultGrid, spec: StudySpec, baseline: dict[str, Any],
             "status": status,
             "steps": int(last.get("step", 0) or 0),
             "wall_s": float(last.get("time_total_s", math.nan)),
-            "reason": last.get("reason", str(r.error).splitlines()[0] if r.error else ""),
+            "reason": error_reason(str(r.error)) if r.error else last.get("reason", ""),
             "node_ip": last.get("node_ip", ""),
+            "node_id": last.get("node_id", ""),
+            "gpu_ids": last.get("gpu_ids", ""),
+            "device": last.get("device", ""),
             "started_at": last.get("started_at", math.nan),
             "ended_at": last.get("timestamp", math.nan),
         }

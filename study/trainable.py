@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from gan.checkpoint import load_checkpoint
 from gan.config import make_config
 from gan.errors import DivergedError
 from gan.train import OPTIMIZER_FIELDS, train
+from study.space import hyperparameters, is_baseline
 from study.spec import StudySpec, trial_values
 
 CHECKPOINT_FILES = ("checkpoint.pt", "best.pt")
@@ -34,20 +36,22 @@ PERTURBATIONS = "perturbations.jsonl"
 WORST = 1e9  # a diverged trial's value: worse than any real score
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def error_reason(text: str) -> str:
+    """A crashed trial's reason: the last line of Ray's error text (the exception raised in the
+    trial), without the terminal colours Ray adds."""
+    lines = [line.strip() for line in ANSI.sub("", text).splitlines() if line.strip()]
+    return lines[-1] if lines else "the trial raised"
+
+
 def worst_value(spec: StudySpec) -> float:
     return WORST if spec.direction == "min" else -WORST
 
 
 def trial_device() -> str:
     return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-
-
-NOT_HYPERPARAMETERS = ("seed", "label")  # Tune config keys the study adds in confirmation
-
-
-def hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
-    """A Tune config's hyperparameters; None marks a parameter inactive in this trial."""
-    return {k: v for k, v in config.items() if k not in NOT_HYPERPARAMETERS and v is not None}
 
 
 def run_trial(config: dict[str, Any], spec: StudySpec, trials_dir: str) -> None:
@@ -64,7 +68,9 @@ def run_trial(config: dict[str, Any], spec: StudySpec, trials_dir: str) -> None:
     run_dir = Path(trials_dir) / trial_id
     report_dir = Path(trials_dir) / f".{trial_id}-report"
     # Where and how the trial ran, in every report: the summary and the tests read it.
-    provenance = {"node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
+    provenance = {"node_ip": ray.util.get_node_ip_address(),
+                  "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+                  "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
                   "device": cfg.device, "started_at": time.time()}
 
     resume = False
@@ -148,6 +154,8 @@ class FinalResultSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
         if result is not None and not result.get("final"):
+            # The result a scheduler stopped the trial on reaches only this method.
+            self.on_trial_result(trial_id, result)
             result = None  # OptunaSearch then tells PRUNED (or FAIL if the trial raised)
         super().on_trial_complete(trial_id, result, error)
 
@@ -183,7 +191,3 @@ class StudyPBT(PopulationBasedTraining):
     def _checkpoint_or_exploit(self, trial, tune_controller, upper_quantile, lower_quantile):
         lower = [t for t in lower_quantile if not is_baseline(t.config, self.baseline)]
         super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile, lower)
-
-
-def is_baseline(config: dict[str, Any], baseline: dict[str, Any]) -> bool:
-    return hyperparameters(config) == baseline

@@ -1,6 +1,9 @@
 import os
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -8,6 +11,7 @@ def dataset_cache(tmp_path_factory):
     """One dataset cache per test session: MNIST is decoded once, not once per test."""
     path = tmp_path_factory.mktemp("dataset-cache")
     os.environ["GANSTUDY_CACHE"] = str(path)  # inherited by CLI subprocesses too
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests track into their own stores only
     return path
 
 
@@ -25,3 +29,28 @@ def ray_session(dataset_cache):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def smoke_study(ray_session, tmp_path_factory):
+    """One smoke study per test session (search, confirmation, MLflow, report): many tests read
+    it. Returns the study directory; the MLflow store and the reports sit beside it."""
+    from study.run import main
+
+    root = tmp_path_factory.mktemp("study")
+    out = root / "smoke"
+    assert main([str(ROOT / "search_spaces" / "smoke.yaml"), "--out", str(out),
+                 "--reports-dir", str(root / "reports")]) == 0
+    return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need CUDA: skipped, with the reason shown, on machines without it."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (run on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -20,9 +20,8 @@ BAD = sorted((Path(__file__).parent / "bad_inputs").glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
-def smoke_study(ray_session, tmp_path_factory):
-    out = tmp_path_factory.mktemp("study") / "smoke"
-    assert main([str(ROOT / "search_spaces" / "smoke.yaml"), "--out", str(out)]) == 0
+def smoke(smoke_study):
+    out = smoke_study
     summary = pd.read_csv(out / "summary.csv")
     storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}")
     trials = optuna.load_study(study_name="smoke", storage=storage).trials
@@ -30,8 +29,8 @@ def smoke_study(ray_session, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_every_planned_trial_ran_and_is_summarised(smoke_study):
-    out, summary, trials = smoke_study
+def test_every_planned_trial_ran_and_is_summarised(smoke):
+    out, summary, trials = smoke
     spec = load_spec(ROOT / "search_spaces" / "smoke.yaml")
     assert len(summary) == len(trials) == spec.budget.trials
     assert set(summary["status"]) <= {"completed", "pruned"}
@@ -44,8 +43,8 @@ def test_every_planned_trial_ran_and_is_summarised(smoke_study):
 
 
 @pytest.mark.slow
-def test_the_baseline_runs_first_and_is_never_stopped(smoke_study):
-    _, summary, trials = smoke_study
+def test_the_baseline_runs_first_and_is_never_stopped(smoke):
+    _, summary, trials = smoke
     first = trials[0]
     expected = {k: v for k, v in REFERENCE.items() if k in first.params}
     assert first.params == expected and set(expected) == {"lr_g", "lr_d", "beta1", "loss"}
@@ -55,13 +54,17 @@ def test_the_baseline_runs_first_and_is_never_stopped(smoke_study):
 
 
 @pytest.mark.slow
-def test_asha_stopped_trials_are_pruned_in_optuna(smoke_study):
-    _, summary, trials = smoke_study
+def test_asha_stopped_trials_are_pruned_in_optuna(smoke):
+    _, summary, trials = smoke
     pruned = summary[summary["status"] == "pruned"]
     assert len(pruned) >= 1, "smoke.yaml is sized so that ASHA stops at least one trial"
     states = [t.state for t in trials]
     assert states.count(optuna.trial.TrialState.PRUNED) == len(pruned)
     assert (pruned["steps"] < 40).all()  # stopped early, in generator updates
+    # TPE learns from pruned trials through the evaluations they reported, the last included
+    last_reported = sorted(max(t.intermediate_values) for t in trials
+                           if t.state == optuna.trial.TrialState.PRUNED)
+    assert last_reported == sorted(pruned["steps"])
     # Optuna holds the final (final_n) value of each completed trial, nothing else.
     done = summary[summary["status"] == "completed"].sort_values("fid")["fid"].tolist()
     values = sorted(t.value for t in trials if t.state == optuna.trial.TrialState.COMPLETE)
@@ -69,8 +72,8 @@ def test_asha_stopped_trials_are_pruned_in_optuna(smoke_study):
 
 
 @pytest.mark.slow
-def test_two_trials_ran_at_once_with_one_thread_each(smoke_study):
-    out, summary, _ = smoke_study
+def test_two_trials_ran_at_once_with_one_thread_each(smoke):
+    out, summary, _ = smoke
     intervals = sorted(zip(summary["started_at"], summary["ended_at"], strict=True))
     overlaps = sum(b_start < a_end for (_, a_end), (b_start, _) in
                    zip(intervals, intervals[1:], strict=False))
@@ -83,8 +86,8 @@ def test_two_trials_ran_at_once_with_one_thread_each(smoke_study):
 
 
 @pytest.mark.slow
-def test_confirmation_retrains_top_k_and_baseline_with_new_seeds(smoke_study):
-    out, summary, _ = smoke_study
+def test_confirmation_retrains_top_k_and_baseline_with_new_seeds(smoke):
+    out, summary, _ = smoke
     spec = load_spec(ROOT / "search_spaces" / "smoke.yaml")
     runs = pd.read_csv(out / "confirmation.csv")
     assert len(runs) == (spec.confirm.top_k + 1) * spec.confirm.seeds
@@ -105,8 +108,8 @@ def test_confirmation_retrains_top_k_and_baseline_with_new_seeds(smoke_study):
 
 
 @pytest.mark.slow
-def test_best_config_is_the_best_mean_and_reruns_as_a_train_config(smoke_study):
-    out, _, _ = smoke_study
+def test_best_config_is_the_best_mean_and_reruns_as_a_train_config(smoke):
+    out, _, _ = smoke
     spec = load_spec(ROOT / "search_spaces" / "smoke.yaml")
     runs = pd.read_csv(out / "confirmation.csv")
     label = confirmation_table(runs, spec).iloc[0]["label"]
@@ -150,7 +153,8 @@ def test_every_shipped_search_space_validates():
 @pytest.mark.slow
 def test_pbt_perturbs_learning_rates_and_restores_from_better_trials(ray_session, tmp_path):
     out = tmp_path / "pbt"
-    assert main([str(ROOT / "search_spaces" / "pbt.yaml"), "--smoke", "--out", str(out)]) == 0
+    assert main([str(ROOT / "search_spaces" / "pbt.yaml"), "--smoke", "--out", str(out),
+                 "--no-report"]) == 0
     summary = pd.read_csv(out / "summary.csv", keep_default_na=False)
     assert len(summary) == 4 and (summary["status"] == "completed").all()
     assert not (out / "optuna.db").exists()  # Ray runs no searcher beside PBT
@@ -163,3 +167,50 @@ def test_pbt_perturbs_learning_rates_and_restores_from_better_trials(ray_session
         for event in history:
             assert event["from_trial"] in ids and event["step"] % 20 == 0
             assert set(event["changed"]) <= {"lr_g", "lr_d"} and event["changed"]
+
+
+COMMAND_LINES = [line.split(" :: ") for line in (
+    Path(__file__).parent / "bad_inputs" / "command_lines.txt").read_text().splitlines()
+    if line and not line.startswith("#")]
+
+
+@pytest.mark.parametrize(("expected", "command"), COMMAND_LINES,
+                         ids=[c.split()[0] + ":" + e[:30] for e, c in COMMAND_LINES])
+def test_bad_command_line_is_one_line_exit_2_nothing_written(expected, command, tmp_path,
+                                                             capsys, monkeypatch):
+    import importlib
+
+    monkeypatch.setattr(run_module, "run_study", lambda *a, **k: pytest.fail("reached Ray"))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    (tmp_path / "file").write_text("not a directory")
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated zip")
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("name: huge\n" + "# padding\n" * 110_000)
+    places = {"root": ROOT, "tmp": tmp, "file": tmp_path / "file", "corrupt": corrupt,
+              "huge": huge}
+    module, *argv = command.format(**places).split()
+    before = sorted(p for p in tmp_path.rglob("*"))
+    try:
+        code = importlib.import_module(module).main(argv)
+    except SystemExit as exit_:  # argparse
+        code = exit_.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_more_gpus_than_the_cluster_has_fails_before_any_trial(ray_session, tmp_path, capsys):
+    spec = yaml.safe_load((ROOT / "search_spaces" / "smoke.yaml").read_text())
+    spec["resources"] = {"cpu": 1, "gpu": 1}
+    path = tmp_path / "gpu.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))  # space order: conditions follow
+    out = tmp_path / "study"
+    assert main([str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {path}: resources.gpu: 1.0 per trial, but no node of the Ray "
+                   "cluster has more than 0"]
+    assert not out.exists()

@@ -178,3 +178,13 @@ def test_cli_smoke_run_then_sample_and_interpolate(tmp_path):
     assert sample_main(["--checkpoint", ckpt, "--n", "24", "--interpolate", "12",
                         "--out", str(tmp_path / "i.png")]) == 0
     assert Image.open(tmp_path / "i.png").size == (12 * 34 + 2, 2 * 34 + 2)
+
+
+def test_injected_faults_crash_or_diverge_at_their_step(tmp_path):
+    from gan.errors import InjectedFault
+
+    with pytest.raises(InjectedFault, match="step 3"):
+        train(make_config(tiny(fault="raise", fault_step=3)), tmp_path / "raise")
+    with pytest.raises(DivergedError) as err:
+        train(make_config(tiny(fault="nan", fault_step=2)), tmp_path / "nan")
+    assert err.value.step == 2 and err.value.loss_name == "loss_d"

@@ -1,0 +1,130 @@
+"""The report's figures, each from a StudyRecord (MLflow alone). Each returns a Figure."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import optuna
+import pandas as pd
+from matplotlib.figure import Figure
+from PIL import Image
+
+from study.records import (
+    StudyRecord,
+    leaderboard,
+    load_generator,
+    model_input,
+    progress_frames,
+)
+
+
+def _grid(images, nrow: int) -> np.ndarray:
+    """(n, C, H, W) in [-1, 1] -> an HxWx3 array in [0, 1]."""
+    import torchvision
+
+    grid = torchvision.utils.make_grid(images.detach().float().cpu(), nrow=nrow, padding=2,
+                                       normalize=True, value_range=(-1, 1))
+    return grid.permute(1, 2, 0).numpy()
+
+
+def _title(row: pd.Series, metric: str) -> str:
+    name = row["label"] or ("baseline " if row["baseline"] else "") + row["trial_id"]
+    return f"{name}\n{metric} {row[metric]:.3g}"
+
+
+def curves(record: StudyRecord, top: int = 4) -> Figure:
+    """Losses and the evaluation FID over generator updates, for the top trials and the
+    baseline."""
+    board = leaderboard(record)
+    rows = pd.concat([board.head(top), board[board["baseline"]]]).drop_duplicates("run_id")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for _, row in rows.iterrows():
+        history = record.histories[row["run_id"]]
+        name = ("baseline " if row["baseline"] else "") + row["trial_id"]
+        for ax, key in zip(axes, ("loss_d", "loss_g", "fid"), strict=True):
+            series = history[key].dropna()
+            ax.plot(series.index, series.values, marker="o" if key == "fid" else None,
+                    label=name)
+    for ax, key in zip(axes, ("discriminator loss", "generator loss", "FID (eval_n samples)"),
+                       strict=True):
+        ax.set_title(key)
+        ax.set_xlabel("generator updates")
+    axes[2].set_yscale("log")
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def sample_grids(rows: pd.DataFrame, metric: str, n: int = 36, seed: int = 0) -> Figure:
+    """Samples of each row's logged generator, side by side, same latent seed."""
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.6), squeeze=False)
+    for ax, (_, row) in zip(axes[0], rows.iterrows(), strict=True):
+        generator = load_generator(row)
+        ax.imshow(_grid(generator(model_input(row, n, seed)), nrow=int(n ** 0.5)))
+        ax.set_title(_title(row, metric), fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def interpolation(row: pd.Series, rows: int = 6, k: int = 10, seed: int = 0) -> Figure:
+    """Walks through the latent space of one generator: each row from one point to another."""
+    import torch
+
+    from gan.config import make_config
+    from gan.sample import interpolation_latents
+
+    generator = load_generator(row)
+    cfg = make_config({"latent_dim": int(row["latent_dim"]), "latent_dist": row["latent_dist"]})
+    torch.manual_seed(seed)
+    images = generator(interpolation_latents(rows, k, cfg))
+    fig, ax = plt.subplots(figsize=(k * 0.9, rows * 0.9))
+    ax.imshow(_grid(images, nrow=k))
+    ax.set_title(f"latent interpolation, {row['label'] or row['trial_id']}")
+    ax.axis("off")
+    return fig
+
+
+def progress_strip(record: StudyRecord, row: pd.Series, max_frames: int = 8) -> Figure:
+    """The fixed-noise sample grid a trial logged at each evaluation, as a strip."""
+    frames = progress_frames(record, row["run_id"])
+    if len(frames) > max_frames:  # evenly spaced, always the last
+        idx = np.linspace(0, len(frames) - 1, max_frames).round().astype(int)
+        frames = [frames[i] for i in idx]
+    fig, axes = plt.subplots(1, max(1, len(frames)), figsize=(2.6 * max(1, len(frames)), 3),
+                             squeeze=False)
+    for ax, (step, path) in zip(axes[0], frames, strict=False):
+        with Image.open(path) as image:
+            ax.imshow(np.asarray(image.convert("RGB")))
+        ax.set_title(f"step {step}", fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def importances(study: optuna.Study) -> Figure | None:
+    """Parameter importances by two of Optuna's evaluators (fANOVA, PED-ANOVA), side by side.
+    None when fewer than two trials completed (nothing to attribute)."""
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(complete) < 2:
+        return None
+    evaluators = {"fANOVA": optuna.importance.FanovaImportanceEvaluator(seed=0),
+                  "PED-ANOVA": optuna.importance.PedAnovaImportanceEvaluator()}
+    table = pd.DataFrame({name: optuna.importance.get_param_importances(study, evaluator=ev)
+                          for name, ev in evaluators.items()}).fillna(0.0)
+    ax = table.sort_values("fANOVA").plot.barh(figsize=(8, 0.4 * len(table) + 1.5))
+    ax.set_xlabel("importance (normalised)")
+    ax.set_title("which hyperparameters mattered for the final metric")
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def compare_best(records: list[StudyRecord], n: int = 36) -> Figure:
+    """The best generator of each study, side by side."""
+    bests = []
+    for record in records:
+        best = leaderboard(record).head(1).copy()
+        best["label"] = record.name
+        bests.append(best)
+    metric = records[0].spec.metric
+    return sample_grids(pd.concat(bests), metric, n)

@@ -1,0 +1,228 @@
+"""A finished study read back from MLflow alone: the report's data layer.
+
+Nothing here reads the study directory: a report rebuilds from the tracking store after the
+study directory is gone (or on another machine, from a tracking server).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Run
+
+from gan.errors import ConfigError
+from study.spec import StudySpec, parse_spec
+from study.tracking import (
+    FINAL_METRICS,
+    IMAGE_STEP,
+    ROLE,
+    SAMPLES_KEY,
+    TRIAL_ID,
+    fluent_tracking_uri,
+)
+
+CURVE_METRICS = ("loss_d", "loss_g", "d_real", "d_fake", "fid")
+
+
+@dataclass
+class StudyRecord:
+    name: str
+    tracking_uri: str
+    parent: Run
+    spec: StudySpec
+    distributions: dict[str, optuna.distributions.BaseDistribution]
+    trials: pd.DataFrame  # one row per child run, shaped like summary.csv
+    histories: dict[str, pd.DataFrame]  # run id -> step-indexed curves of CURVE_METRICS
+
+    @property
+    def client(self) -> MlflowClient:
+        return MlflowClient(self.tracking_uri)
+
+    def phase(self, phase: str) -> pd.DataFrame:
+        return self.trials[self.trials["phase"] == phase]
+
+
+def load_study(name: str, tracking_uri: str, parent_run_id: str | None = None) -> StudyRecord:
+    """The study's latest parent run in experiment `name` (or the given one), its trials."""
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        raise ConfigError(f"{tracking_uri}: no MLflow experiment named {name!r}")
+    if parent_run_id:
+        parent = client.get_run(parent_run_id)
+    else:
+        parents = client.search_runs([experiment.experiment_id], f"tags.`{ROLE}` = 'study'",
+                                     order_by=["attributes.start_time DESC"], max_results=1)
+        if not parents:
+            raise ConfigError(f"{tracking_uri}: experiment {name!r} holds no study run")
+        parent = parents[0]
+    rid = parent.info.run_id
+    spec_text = Path(client.download_artifacts(rid, "spec.yaml")).read_text()
+    spec = parse_spec(yaml.safe_load(spec_text), f"{name}: spec.yaml in MLflow")
+    space = yaml.safe_load(Path(client.download_artifacts(rid, "search_space.json")).read_text())
+    dists = {k: optuna.distributions.json_to_distribution(v)
+             for k, v in space["distributions"].items()}
+    children = client.search_runs([experiment.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{rid}'", max_results=10_000)
+    histories = {run.info.run_id: _history(client, run.info.run_id) for run in children}
+    rows = [{**_row(run, spec, dists, histories[run.info.run_id]), "tracking_uri": tracking_uri}
+            for run in children]
+    trials = pd.DataFrame(rows).sort_values("start_time", kind="stable").reset_index(drop=True)
+    return StudyRecord(name, tracking_uri, parent, spec, dists, trials, histories)
+
+
+def _history(client: MlflowClient, run_id: str) -> pd.DataFrame:
+    series = {key: pd.Series({m.step: m.value for m in client.get_metric_history(run_id, key)},
+                             dtype=float)
+              for key in CURVE_METRICS}
+    return pd.DataFrame(series).sort_index()
+
+
+def _typed(value: str, dist: optuna.distributions.BaseDistribution) -> Any:
+    """An MLflow param (a string) back to the value its distribution produced."""
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return next(c for c in dist.choices if str(c) == value)
+    if isinstance(dist, optuna.distributions.IntDistribution):
+        return int(value)
+    return float(value)
+
+
+def _row(run: Run, spec: StudySpec, dists: dict, history: pd.DataFrame) -> dict[str, Any]:
+    tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
+    searched = [k for k in tags.get("searched", "").split(",") if k]
+    status = tags.get("status", "")
+    done = status == "completed"
+    fid = history["fid"].dropna() if "fid" in history else pd.Series(dtype=float)
+    row: dict[str, Any] = {
+        "run_id": run.info.run_id, "trial_id": tags.get(TRIAL_ID, ""),
+        "phase": tags.get("phase", ""), "label": tags.get("label", ""),
+        "baseline": tags.get("baseline") == "True",
+        **{f"param_{k}": _typed(params[k], dists[k]) for k in searched if k in dists},
+        "seed": int(params.get("seed", spec.seed)), "status": status,
+        "steps": int(fid.index.max()) if len(fid) else 0,
+        "wall_s": ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000,
+        "reason": tags.get("reason", ""), "start_time": run.info.start_time,
+        "best_eval_fid": float(fid.min()) if len(fid) else math.nan,
+        "model_uri": tags.get("generator_model_uri", ""),
+        "latent_dim": int(params.get("latent_dim", 100)),
+        "latent_dist": params.get("latent_dist", "normal"),
+    }
+    for m in FINAL_METRICS:
+        row[m] = metrics.get(f"final_{m}", math.nan) if done else math.nan
+        row[f"{m}_floor"] = metrics.get(f"{m}_floor", math.nan) if done else math.nan
+    return row
+
+
+def leaderboard(record: StudyRecord, phase: str = "search") -> pd.DataFrame:
+    """Completed trials of a phase, best first, with the real-data floor beside the metric."""
+    trials = record.phase(phase)
+    done = trials[trials["status"] == "completed"]
+    return done.sort_values(record.spec.metric,
+                            ascending=record.spec.direction == "min").reset_index(drop=True)
+
+
+def ranking(record: StudyRecord, phase: str = "search") -> pd.DataFrame:
+    """Every trial of a phase: completed ones best first, then the pruned, diverged and failed
+    (no final metrics; best_eval_fid shows how far they got)."""
+    board = leaderboard(record, phase)
+    rest = record.phase(phase)
+    rest = rest[rest["status"] != "completed"].sort_values(["status", "best_eval_fid"])
+    return pd.concat([board, rest]).reset_index(drop=True)
+
+
+def display_columns(frame: pd.DataFrame) -> list[str]:
+    params = [c for c in frame.columns if c.startswith("param_")]
+    return ["trial_id", "label", "baseline", *params, "fid", "fid_floor", "kid", "precision",
+            "recall", "modes", "best_eval_fid", "steps", "status", "reason"]
+
+
+def optuna_study(record: StudyRecord) -> optuna.Study:
+    """The search rebuilt in memory from the runs: COMPLETE with the final value, PRUNED with
+    its evaluations as intermediate values, FAIL for diverged and failed trials."""
+    study = optuna.create_study(direction="minimize" if record.spec.direction == "min"
+                                else "maximize", study_name=record.name)
+    states = {"completed": optuna.trial.TrialState.COMPLETE,
+              "pruned": optuna.trial.TrialState.PRUNED}
+    metric = record.spec.metric
+    for _, row in record.phase("search").iterrows():
+        params = {k.removeprefix("param_"): v for k, v in row.items()
+                  if k.startswith("param_") and not _missing(v)}
+        state = states.get(row["status"], optuna.trial.TrialState.FAIL)
+        history = record.histories[row["run_id"]]
+        steps = history[metric].dropna() if metric in history else pd.Series(dtype=float)
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions={k: record.distributions[k] for k in params},
+            value=float(row[metric]) if state == optuna.trial.TrialState.COMPLETE else None,
+            intermediate_values={int(s): float(v) for s, v in steps.items()}, state=state,
+            user_attrs={"trial_id": row["trial_id"]}))
+    return study
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def summary(record: StudyRecord) -> pd.DataFrame:
+    """The study at a glance: what it searched, with what budget, how long, how trials ended."""
+    spec, parent = record.spec, record.parent
+    statuses = record.trials.groupby(["phase", "status"]).size()
+    facts = {
+        "study": spec.name, "dataset": spec.dataset,
+        "metric": f"{spec.metric} ({spec.direction})",
+        "searcher / scheduler": f"{spec.searcher} / {spec.scheduler.type}",
+        "budget": f"{spec.budget.trials} trials x {spec.budget.steps} generator updates, "
+                  f"evaluated every {spec.budget.eval_every}",
+        "resources per trial": f"{spec.resources.cpu} CPU, {spec.resources.gpu} GPU; "
+                               f"{spec.max_concurrent} at a time",
+        "searched": ", ".join(spec.space), "fixed": ", ".join(
+            f"{k}={v}" for k, v in spec.fixed.items()),
+        "confirmation": (f"top {spec.confirm.top_k} and the baseline x {spec.confirm.seeds} seeds"
+                         if spec.confirm else "none"),
+        "wall time": f"{parent.data.metrics.get('wall_s', math.nan) / 60:.1f} min",
+        "trials by phase and status": ", ".join(f"{p} {s}: {n}"
+                                                for (p, s), n in statuses.items()),
+        "git commit": parent.data.tags.get("git_commit", ""),
+        "seed": spec.seed,
+    }
+    return pd.DataFrame({"value": facts})
+
+
+def progress_frames(record: StudyRecord, run_id: str) -> list[tuple[int, Path]]:
+    """The sample grids a trial logged at each evaluation (the image series), by step."""
+    client = record.client
+    frames = []
+    for item in client.list_artifacts(run_id, "images"):
+        name = Path(item.path).name
+        match = IMAGE_STEP.search(name)
+        if name.startswith(f"{SAMPLES_KEY}+") and match and name.endswith(".png"):
+            frames.append((int(match.group(1)), Path(client.download_artifacts(run_id,
+                                                                               item.path))))
+    return sorted(frames)
+
+
+def model_input(row: pd.Series, n: int, seed: int = 0):
+    """Latent vectors for a logged generator: its latent size and distribution, seeded."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    shape = (n, int(row["latent_dim"]))
+    if row["latent_dist"] == "uniform":
+        return torch.rand(shape, generator=g) * 2 - 1
+    return torch.randn(shape, generator=g)
+
+
+def load_generator(row: pd.Series):
+    """A trial's logged generator (MLflow PyTorch model), ready to sample."""
+    import mlflow
+
+    if not row["model_uri"]:
+        raise ConfigError(f"trial {row['trial_id']}: no generator logged")
+    with fluent_tracking_uri(row["tracking_uri"]):  # models:/<id> resolves through it
+        return mlflow.pytorch.load_model(row["model_uri"])

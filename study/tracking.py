@@ -1,0 +1,247 @@
+"""MLflow tracking of a study: one experiment per study, a parent run for the study, a child run
+per trial, all written from the driver.
+
+Trials report to Tune; a Tune callback in the driver (study.callbacks) turns each report into
+MLflow writes through a StudyTracker. One
+process writes, so a SQLite store never sees two writers ("database is locked"), and a trial
+process needs no MLflow connection at all. The child run holds everything needed to review a
+trial without the study directory: its hyperparameters (named as in the YAML), a point per
+evaluation for each metric, the sample grid of each evaluation as an image series, its status,
+and the generator of its best checkpoint as an MLflow PyTorch model.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from PIL import Image
+
+from gan.config import make_config
+from study.space import distributions, hyperparameters, is_baseline
+from study.spec import StudySpec, trial_values
+
+# What a report carries per evaluation step; everything else in it is Tune's bookkeeping.
+STEP_METRICS = ("loss_d", "loss_g", "d_real", "d_fake", "acc_real", "acc_fake", "img_per_s",
+                "fid", "kid", "precision", "recall", "modes", "mode_kl", "classifier_score")
+# The trial's result (its best checkpoint re-scored with final_n samples): logged as final_<name>.
+FINAL_METRICS = ("fid", "kid", "precision", "recall", "modes", "mode_kl", "classifier_score")
+ROLE, TRIAL_ID = "ganstudy.role", "ganstudy.trial_id"
+SAMPLES_KEY = "samples"
+MODEL_NAME = "generator"
+IMAGE_STEP = re.compile(r"\+step\+(\d+)\+")
+
+
+def default_tracking_uri(study_dir: Path) -> str:
+    """SQLite beside the study directories (runs/mlflow.db by default), shared by all studies."""
+    return f"sqlite:///{(study_dir.parent / 'mlflow.db').resolve()}"
+
+
+def artifact_root(tracking_uri: str) -> str | None:
+    """Artifacts next to a SQLite store (runs/mlartifacts), never ./mlartifacts of the working
+    directory; a tracking server decides for itself."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    return None
+
+
+def ui_command(tracking_uri: str) -> str:
+    if tracking_uri.startswith("sqlite:///"):
+        root = artifact_root(tracking_uri).removeprefix("file://")
+        return (f"mlflow ui --backend-store-uri {tracking_uri} --default-artifact-root {root} "
+                "--host 127.0.0.1")
+    return f"open {tracking_uri} in a browser"
+
+
+@contextmanager
+def fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's fluent API (log_model, load_model of models:/ URIs) pointed at `uri` for a while.
+    mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI to this process's environment, where
+    the next study in the same process would take it for the user's choice: both are restored."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=10, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class StudyTracker:
+    """The study's experiment and parent run, and the child run of every trial."""
+
+    def __init__(self, spec: StudySpec, study_dir: Path, tracking_uri: str,
+                 baseline: dict[str, Any]):
+        self.spec, self.study_dir, self.uri = spec, study_dir, tracking_uri
+        self.baseline = baseline
+        self.client = MlflowClient(tracking_uri)
+        experiment = self.client.get_experiment_by_name(spec.name)
+        self.experiment_id = experiment.experiment_id if experiment else (
+            self.client.create_experiment(spec.name, artifact_location=artifact_root(tracking_uri),
+                                          tags={"mlflow.experimentKind":
+                                                "custom_model_development"}))
+        self.parent_id = self._parent_run()
+        self.children: dict[str, str] = {}  # trial id -> child run id
+        self.last_step: dict[str, int] = {}  # child run id -> last step logged
+        for run in self.client.search_runs(
+                [self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_id}'",
+                max_results=10_000):
+            self.children[run.data.tags[TRIAL_ID]] = run.info.run_id
+            steps = [m.step for m in self.client.get_metric_history(run.info.run_id, "loss_g")]
+            self.last_step[run.info.run_id] = max(steps, default=0)
+
+    def _parent_run(self) -> str:
+        """This study directory's parent run: found again on resume, created otherwise."""
+        found = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`{ROLE}` = 'study' and tags.`ganstudy.study_dir` = '{self.study_dir.resolve()}'",
+            max_results=1)
+        if found:
+            return found[0].info.run_id
+        spec = self.spec
+        run = self.client.create_run(self.experiment_id, run_name=f"{spec.name} study", tags={
+            ROLE: "study", "ganstudy.study_dir": str(self.study_dir.resolve()),
+            "git_commit": git_commit(), "mlflow.note.content": study_note(spec)})
+        rid = run.info.run_id
+        self.client.log_batch(rid, params=[Param(k, str(v)) for k, v in {
+            "seed": spec.seed, "dataset": spec.dataset, "metric": spec.metric,
+            "mode": spec.direction, "trials": spec.budget.trials, "steps": spec.budget.steps,
+            "eval_every": spec.budget.eval_every, "scheduler": spec.scheduler.type,
+            "searcher": spec.searcher, "cpu_per_trial": spec.resources.cpu,
+            "gpu_per_trial": spec.resources.gpu, "max_concurrent": spec.max_concurrent,
+        }.items()], synchronous=True)
+        self.client.log_text(rid, (self.study_dir / "spec.yaml").read_text(), "spec.yaml")
+        self.client.log_dict(rid, {"distributions": distributions(spec),
+                                   "when": {k: p.when for k, p in spec.space.items() if p.when}},
+                             "search_space.json")
+        return rid
+
+    # -- trials ----------------------------------------------------------------------------
+    def start_trial(self, trial_id: str, config: dict[str, Any], phase: str) -> str:
+        if trial_id in self.children:  # a retry or a resumed study: the same run goes on
+            self.client.set_tag(self.children[trial_id], "status", "running")
+            return self.children[trial_id]
+        params = hyperparameters(config)
+        label = config.get("label", "")
+        values = trial_values(self.spec, params, config.get("seed"))
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"{phase}-{label + '-' if label else ''}{trial_id}",
+            tags={"mlflow.parentRunId": self.parent_id, ROLE: "trial", TRIAL_ID: trial_id,
+                  "phase": phase, "label": label, "status": "running",
+                  "baseline": str(is_baseline(config, self.baseline)),
+                  "searched": ",".join(params)})
+        rid = run.info.run_id
+        # Every TrainConfig field of the trial, under its YAML name; searched ones are tagged.
+        full = make_config(values, "trial config").model_dump()
+        self.client.log_batch(rid, params=[Param(k, str(v)) for k, v in full.items()],
+                              synchronous=True)
+        self.children[trial_id], self.last_step[rid] = rid, 0
+        return rid
+
+    def log_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        """One evaluation (metrics and the sample grid at its step), or the trial's final result.
+        A step already logged is not logged again (a trial restored from its checkpoint repeats
+        the steps after it, with the same values)."""
+        rid = self.children[trial_id]
+        step = int(result.get("step", 0))
+        if result.get("final"):
+            if result.get("status") == "completed":
+                metrics = {f"final_{k}": result[k] for k in FINAL_METRICS if k in result}
+                metrics.update({f"{k}_floor": result[f"{k}_floor"] for k in FINAL_METRICS
+                                if f"{k}_floor" in result})
+                metrics["best_step"] = result.get("best_step", step)
+                self._log_metrics(rid, metrics, step)
+            return
+        if step <= self.last_step.get(rid, 0):
+            return
+        self._log_metrics(rid, {k: result[k] for k in STEP_METRICS if k in result}, step)
+        self.last_step[rid] = step
+        grid = Path(result.get("run_dir", "")) / "samples" / f"step_{step:06d}.png"
+        if grid.is_file():
+            with Image.open(grid) as image:
+                self.client.log_image(rid, image.convert("RGB"), key=SAMPLES_KEY, step=step,
+                                      synchronous=True)
+
+    def _log_metrics(self, rid: str, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(rid, metrics=[Metric(k, float(v), now, step)
+                                            for k, v in metrics.items()], synchronous=True)
+
+    def note_retry(self, trial_id: str) -> None:
+        """The trial crashed and is restarted from its last checkpoint: count it."""
+        rid = self.children[trial_id]
+        retries = int(self.client.get_run(rid).data.tags.get("retries", 0)) + 1
+        self.client.set_tag(rid, "retries", str(retries))
+
+    def end_trial(self, trial_id: str, status: str, reason: str = "",
+                  best_checkpoint: Path | None = None) -> None:
+        rid = self.children[trial_id]
+        self.client.set_tag(rid, "status", status)
+        if reason:
+            self.client.set_tag(rid, "reason", reason[:5000])
+        if status == "completed" and best_checkpoint is not None and best_checkpoint.is_file():
+            self.client.set_tag(rid, "generator_model_uri", self._log_generator(rid,
+                                                                                best_checkpoint))
+        self.client.set_terminated(rid, "FAILED" if status == "failed" else "FINISHED")
+
+    def _log_generator(self, rid: str, checkpoint: Path) -> str:
+        """The best checkpoint's generator as an MLflow PyTorch model (torch.export format: it
+        loads without this project's code). Input: latent vectors (n, latent_dim) drawn as the
+        run's latent_dist; output: images (n, C, H, W) in [-1, 1]."""
+        import numpy as np
+        import torch
+
+        from gan.checkpoint import load_generator
+
+        generator, cfg = load_generator(checkpoint)
+        version = torch.__version__.split("+")[0]
+        # log_model logs into the fluent API's active run only
+        with fluent_tracking_uri(self.uri), mlflow.start_run(run_id=rid):
+            info = mlflow.pytorch.log_model(
+                generator, name=MODEL_NAME,
+                input_example=np.zeros((2, cfg.latent_dim), np.float32),
+                pip_requirements=[f"torch=={version}"],
+                metadata={"latent_dim": cfg.latent_dim, "latent_dist": cfg.latent_dist,
+                          "image_size": cfg.image_size, "channels": cfg.channels})
+        return info.model_uri
+
+    # -- the study ---------------------------------------------------------------------------
+    def finish(self, wall_s: float, best: Any, artifacts: list[Path]) -> None:
+        rid = self.parent_id
+        self.client.log_metric(rid, "wall_s", wall_s, synchronous=True)
+        if best is not None:
+            self.client.set_tag(rid, "best_trial_id", best["trial_id"])
+            self.client.log_metric(rid, f"best_{self.spec.metric}", float(best[self.spec.metric]),
+                                   synchronous=True)
+        for path in artifacts:
+            if path.is_file():
+                self.client.log_artifact(rid, str(path))
+        self.client.set_terminated(rid, "FINISHED")
+
+
+def study_note(spec: StudySpec) -> str:
+    return (f"ganstudy study `{spec.name}` on {spec.dataset}: {spec.budget.trials} trials of "
+            f"{spec.budget.steps} generator updates, {spec.searcher} search, "
+            f"{spec.scheduler.type} scheduler, metric {spec.metric} ({spec.direction}).")

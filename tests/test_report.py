@@ -1,0 +1,63 @@
+"""The report notebook of the session's smoke study, executed by a real kernel, from MLflow."""
+
+import nbformat
+import pandas as pd
+import pytest
+
+from study.report import main as report_main
+from study.tracking import default_tracking_uri
+
+pytestmark = pytest.mark.slow
+
+
+def outputs(nb, kind: str) -> list:
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+            if o.get("output_type") == kind or kind in o.get("data", {})]
+
+
+def leaderboard_rows(nb) -> int:
+    """Rows of the leaderboard cell's table (the cell that displays `ranking`)."""
+    cell = next(c for c in nb.cells if c.cell_type == "code" and "ranking = " in c.source)
+    html = next(o["data"]["text/html"] for o in cell.outputs if "text/html" in o.get("data", {}))
+    return html.split("<tbody>")[1].split("</tbody>")[0].count("<tr")
+
+
+def check_report(nb, trials: int) -> None:
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.execution_count for c in code), "every cell ran"
+    assert not outputs(nb, "error")
+    assert leaderboard_rows(nb) == trials
+    assert len(outputs(nb, "image/png")) >= 6  # history, importances, curves, grids, ...
+
+
+def test_study_run_built_the_executed_report(smoke_study):
+    reports = smoke_study.parent / "reports"
+    nb = nbformat.read(reports / "smoke.ipynb", as_version=4)
+    summary = pd.read_csv(smoke_study / "summary.csv")
+    check_report(nb, len(summary))
+    html = (reports / "smoke.html").read_text()
+    assert "<html" in html and "data:image/png;base64" in html
+
+
+def test_report_rebuilds_from_mlflow_alone_and_compares(smoke_study, tmp_path, capsys):
+    """With the study directory gone (moved away for the test), and --compare."""
+    hidden = smoke_study.with_name("smoke-hidden")
+    smoke_study.rename(hidden)
+    try:
+        uri = default_tracking_uri(smoke_study)
+        assert report_main(["smoke", "--compare", "smoke", "--mlflow-uri", uri,
+                            "--out-dir", str(tmp_path)]) == 0
+    finally:
+        hidden.rename(smoke_study)
+    nb = nbformat.read(tmp_path / "smoke.ipynb", as_version=4)
+    check_report(nb, len(pd.read_csv(smoke_study / "summary.csv")))
+    assert any("Across studies" in c.source for c in nb.cells)
+    assert (tmp_path / "smoke.html").exists()
+
+
+def test_report_of_an_unknown_study_is_one_line_exit_2(smoke_study, tmp_path, capsys):
+    uri = default_tracking_uri(smoke_study)
+    assert report_main(["no-such-study", "--mlflow-uri", uri, "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no MLflow experiment named 'no-such-study'" in err[0]
+    assert not list(tmp_path.iterdir())

@@ -1,0 +1,130 @@
+"""MLflow tracking of the session's smoke study, read back with a real MlflowClient."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+import yaml
+from mlflow import MlflowClient
+
+from gan.checkpoint import load_generator
+from study.records import load_study, progress_frames
+from study.tracking import STEP_METRICS, default_tracking_uri, fluent_tracking_uri
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tracked(smoke_study):
+    uri = default_tracking_uri(smoke_study)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parent = [r for r in runs if r.data.tags.get("ganstudy.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("ganstudy.role") == "trial"]
+    summary = pd.concat([pd.read_csv(smoke_study / "summary.csv"),
+                         pd.read_csv(smoke_study / "confirmation.csv")])
+    return uri, client, experiment, parent, children, summary
+
+
+def ray_results(study_dir: Path) -> dict[str, list[dict]]:
+    """What the driver received from each trial: Ray's own result.json per trial."""
+    out: dict[str, list[dict]] = {}
+    for path in study_dir.glob("ray/*/*/result.json"):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+        out[rows[0]["trial_id"]] = rows
+    return out
+
+
+def test_one_experiment_one_parent_and_a_child_per_trial(tracked, smoke_study):
+    uri, client, experiment, parent, children, summary = tracked
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.artifact_location.endswith("/mlartifacts")
+    assert uri.endswith(f"{smoke_study.parent}/mlflow.db")
+    assert len(parent) == 1 and len(children) == len(summary)
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent[0].info.run_id}
+    p = parent[0]
+    assert p.data.params["seed"] == "0" and p.data.metrics["wall_s"] > 0
+    assert len(p.data.tags["git_commit"]) in (40, len("unknown"))
+    assert p.data.tags["best_trial_id"] in set(summary["trial_id"])
+    names = {a.path for a in client.list_artifacts(p.info.run_id)}
+    assert {"spec.yaml", "search_space.json", "summary.csv", "best_config.yaml"} <= names
+    space = json.loads(Path(client.download_artifacts(p.info.run_id,
+                                                      "search_space.json")).read_text())
+    spec_space = yaml.safe_load((smoke_study / "spec.yaml").read_text())["space"]
+    assert set(space["distributions"]) == set(spec_space)
+    assert space["when"] == {"gp_weight": {"loss": "wgan"}}
+
+
+def test_child_runs_hold_hyperparameters_under_yaml_names_and_status(tracked):
+    _, _, _, _, children, summary = tracked
+    by_trial = {r.data.tags["ganstudy.trial_id"]: r for r in children}
+    assert set(by_trial) == set(summary["trial_id"])
+    for _, row in summary.iterrows():
+        run = by_trial[row["trial_id"]]
+        assert run.data.tags["status"] == row["status"]
+        assert run.info.status == "FINISHED"
+        for col in (c for c in row.index if c.startswith("param_") and not pd.isna(row[c])):
+            name = col.removeprefix("param_")
+            assert run.data.tags["searched"].split(",").count(name) == 1
+            value = run.data.params[name]
+            assert (float(value) == pytest.approx(row[col]) if isinstance(row[col], float)
+                    else value == str(row[col]))
+        assert run.data.params["steps"] == "40" and run.data.params["arch"] == "mlp"
+        if row["status"] == "completed":
+            assert run.data.metrics["final_fid"] == pytest.approx(row["fid"])
+            assert run.data.metrics["fid_floor"] == pytest.approx(row["fid_floor"])
+        if row["status"] == "pruned":
+            assert "stopped early" in run.data.tags["reason"]
+            assert "final_fid" not in run.data.metrics
+
+
+def test_every_metric_point_of_every_trial_is_in_mlflow(tracked, smoke_study):
+    _, client, _, _, children, _ = tracked
+    results = ray_results(smoke_study)
+    assert len(results) == len(children)
+    points = 0
+    for run in children:
+        reported = [r for r in results[run.data.tags["ganstudy.trial_id"]] if not r["final"]]
+        steps = [r["step"] for r in reported]
+        assert steps == sorted(set(steps)) and steps  # one evaluation per step
+        for key in STEP_METRICS:
+            history = client.get_metric_history(run.info.run_id, key)
+            assert [m.step for m in sorted(history, key=lambda m: m.step)] == steps, key
+            for m in history:
+                expected = next(r[key] for r in reported if r["step"] == m.step)
+                assert m.value == pytest.approx(expected)
+            points += len(history)
+    assert points >= len(children) * len(STEP_METRICS)
+
+
+def test_sample_grids_are_an_image_series_per_evaluation(tracked, smoke_study):
+    uri, _, _, _, children, _ = tracked
+    record = load_study("smoke", uri)
+    for run in children:
+        frames = progress_frames(record, run.info.run_id)
+        evals = [m.step for m in MlflowClient(uri).get_metric_history(run.info.run_id, "fid")]
+        assert [s for s, _ in frames] == sorted(evals)
+        assert all(p.stat().st_size > 100 for _, p in frames)
+
+
+def test_logged_generator_is_the_best_checkpoint_and_samples(tracked, smoke_study):
+    uri, _, _, _, children, summary = tracked
+    done = summary[summary["status"] == "completed"]
+    by_trial = {r.data.tags["ganstudy.trial_id"]: r for r in children}
+    for trial_id in done["trial_id"]:
+        run = by_trial[trial_id]
+        with fluent_tracking_uri(uri):
+            model = mlflow.pytorch.load_model(run.data.tags["generator_model_uri"])
+        reference, cfg = load_generator(smoke_study / "trials" / trial_id / "best.pt")
+        z = torch.randn(5, cfg.latent_dim)
+        with torch.no_grad():
+            images = model(z)
+            assert images.shape == (5, 1, 28, 28)
+            assert images.abs().max() <= 1
+            torch.testing.assert_close(images, reference(z), atol=1e-5, rtol=1e-5)
+    pruned = summary[summary["status"] == "pruned"]["trial_id"]
+    assert all("generator_model_uri" not in by_trial[t].data.tags for t in pruned)
