@@ -66,8 +66,9 @@ def main() -> None:
         place = Placement(study_dir, default_tracking_uri(study_dir), str(study_dir / "ray"), None)
         tracker = StudyTracker(spec, study_dir, place.tracking_uri, baseline_params(spec))
         t0 = time.perf_counter()
-        results = fit(spec, place, tracker, "overhead", BasicVariantGenerator(
-            points_to_evaluate=points), None, len(points), None, param_space={"lr_g": None})
+        search = BasicVariantGenerator(points_to_evaluate=points, max_concurrent=2)
+        results = fit(spec, place, tracker, "overhead", search, None, len(points), None,
+                      param_space={"lr_g": None})
         study_s = time.perf_counter() - t0
         ray.shutdown()
         assert not results.errors, results.errors

@@ -113,6 +113,9 @@ def build_report(studies: list[str], tracking_uri: str, out_dir: Path) -> tuple[
     except CellExecutionError as err:
         raise ConfigError(f"report for {studies[0]}: a cell failed: "
                           f"{str(err).strip().splitlines()[-1]}") from None
+    finally:
+        if km.has_kernel:  # nbclient leaves a kernel it did not create running
+            km.shutdown_kernel(now=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     ipynb, html = out_dir / f"{studies[0]}.ipynb", out_dir / f"{studies[0]}.html"
     atomic_write_text(ipynb, nbformat.writes(nb))

@@ -172,7 +172,9 @@ def run_study(spec: StudySpec, place: Placement, spec_text: str,
     tracker = StudyTracker(spec, study_dir, place.tracking_uri, baseline)
     if isinstance(spec.scheduler, Pbt):
         # Ray runs no searcher beside PBT: a seeded random population, the baseline its first.
-        search_alg = BasicVariantGenerator(points_to_evaluate=[baseline], random_state=spec.seed)
+        search_alg = BasicVariantGenerator(points_to_evaluate=[baseline],
+                                           random_state=spec.seed,
+                                           max_concurrent=spec.max_concurrent)
         param_space = tune_param_space(spec)
     else:
         search_alg, param_space = build_searcher(spec, study_dir, baseline), None
@@ -188,7 +190,8 @@ def run_study(spec: StudySpec, place: Placement, spec_text: str,
         # Tune fills preset points only into keys the param space declares.
         keys = dict.fromkeys(k for point in points for k in point)
         runs = trial_rows(fit(spec, place, tracker, "confirm",
-                              BasicVariantGenerator(points_to_evaluate=points), None,
+                              BasicVariantGenerator(points_to_evaluate=points,
+                                                    max_concurrent=spec.max_concurrent), None,
                               len(points), None, param_space=keys), spec, baseline, trials_dir)
         table = confirmation_table(runs, spec)
         out.update(confirm_runs=runs, confirm_table=table, verdict=verdict(table, spec))
@@ -204,6 +207,7 @@ def fit(spec: StudySpec, place: Placement, tracker, name: str, search_alg, sched
     """One Tune run of `run_trial` (the search, or the confirmation) under the study's storage,
     every trial tracked in MLflow from this process."""
     from ray import tune
+    from ray.tune.search import BasicVariantGenerator
 
     from study.callbacks import MlflowCallback
     from study.trainable import run_trial
@@ -212,13 +216,16 @@ def fit(spec: StudySpec, place: Placement, tracker, name: str, search_alg, sched
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, spec=spec, trials_dir=str(trials_dir)),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
-    # PBT clones other trials' recent checkpoints, so it needs more than the latest and the best.
-    keep = 4 if isinstance(spec.scheduler, Pbt) else 1
+    # PBT clones other trials' checkpoints, perhaps long after they were made: it keeps them all
+    # (reported at perturbation steps only); otherwise the latest and the best are enough.
+    keep = None if isinstance(spec.scheduler, Pbt) else 1
     tuner = tune.Tuner(
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
-            max_concurrent_trials=spec.max_concurrent, time_budget_s=time_budget_s),
+            # a Searcher is limited here; BasicVariantGenerator by its own max_concurrent
+            max_concurrent_trials=None if isinstance(search_alg, BasicVariantGenerator)
+            else spec.max_concurrent, time_budget_s=time_budget_s),
         run_config=tune.RunConfig(
             name=name, storage_path=place.storage,
             checkpoint_config=tune.CheckpointConfig(

@@ -28,7 +28,7 @@ from gan.config import make_config
 from gan.errors import DivergedError
 from gan.train import OPTIMIZER_FIELDS, train
 from study.space import hyperparameters, is_baseline
-from study.spec import StudySpec, trial_values
+from study.spec import Pbt, StudySpec, trial_values
 
 CHECKPOINT_FILES = ("checkpoint.pt", "best.pt")
 ORIGIN = "origin.json"  # which trial and step a reported checkpoint came from
@@ -86,6 +86,11 @@ def run_trial(config: dict[str, Any], spec: StudySpec, trials_dir: str) -> None:
     def report_evaluation(record: dict) -> None:
         if "fid" not in record:  # only evaluations go to Tune: they carry the metrics
             return
+        result = {**record, **provenance, "torch_threads": torch.get_num_threads(),
+                  "final": False, "status": "running"}
+        if not checkpoint_step(spec, record["step"]):
+            tune.report(result)
+            return
         shutil.rmtree(report_dir, ignore_errors=True)
         report_dir.mkdir()
         for name in CHECKPOINT_FILES:
@@ -94,9 +99,7 @@ def run_trial(config: dict[str, Any], spec: StudySpec, trials_dir: str) -> None:
         (report_dir / ORIGIN).write_text(json.dumps({"trial_id": trial_id,
                                                      "step": record["step"]}))
         # Tune copies the directory into its storage before returning.
-        tune.report({**record, **provenance, "torch_threads": torch.get_num_threads(),
-                     "final": False, "status": "running"},
-                    checkpoint=tune.Checkpoint.from_directory(str(report_dir)))
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(report_dir)))
 
     try:
         # Adam's settings may differ from the checkpoint's: PBT perturbs them on exploit.
@@ -110,6 +113,15 @@ def run_trial(config: dict[str, Any], spec: StudySpec, trials_dir: str) -> None:
         shutil.rmtree(report_dir, ignore_errors=True)
     tune.report({**result.final, "step": cfg.steps, **provenance, "final": True,
                  "status": "completed"})
+
+
+def checkpoint_step(spec: StudySpec, step: int) -> bool:
+    """Whether an evaluation's report carries a checkpoint: every one, except under PBT, which
+    clones checkpoints only at its perturbation steps and keeps them all (a donor's checkpoint
+    must outlive the exploit, however late the recipient gets there)."""
+    if isinstance(spec.scheduler, Pbt):
+        return step % spec.scheduler.perturbation_interval == 0 or step == spec.budget.steps
+    return True
 
 
 def record_perturbation(restored: Path, cfg, run_dir: Path) -> None:
