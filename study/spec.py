@@ -32,35 +32,31 @@ class _Param(Strict):
     when: dict[str, Scalar | list[Scalar]] | None = None
 
 
-class FloatParam(_Param):
+class _RangeParam(_Param):
+    """A numeric range; FloatParam and IntParam give low and high their types."""
+
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _range(self) -> _RangeParam:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) > high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+        return self
+
+
+class FloatParam(_RangeParam):
     type: Literal["float"]
     low: float
     high: float
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _range(self) -> FloatParam:
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) > high ({self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError(f"a log range needs low > 0, got {self.low}")
-        return self
 
 
-class IntParam(_Param):
+class IntParam(_RangeParam):
     type: Literal["int"]
     low: int
     high: int
-    log: bool = False
     step: int = Field(1, ge=1)
-
-    @model_validator(mode="after")
-    def _range(self) -> IntParam:
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) > high ({self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError(f"a log range needs low > 0, got {self.low}")
-        return self
 
 
 class CategoricalParam(_Param):
