@@ -24,14 +24,15 @@ import pandas as pd
 import ray
 import yaml
 
-from study.run import Placement, run_study
+from study.run import run_study
 from study.spec import load_spec, parse_spec
+from study.state import Placement
 from study.tracking import default_tracking_uri
 
 
 def arm_spec(spec_path: Path, seed: int, arm: str, trials: int | None, steps: int | None):
     data = load_spec(spec_path).model_dump()
-    data.update(seed=seed, confirm=None, name=f"{data['name']}-{arm}-{seed}")
+    data.update(seed=seed, confirm=None, name=f"{data['name']}-{arm.replace('+', '-')}-{seed}")
     if trials:
         data["budget"]["trials"] = trials
     if steps:
@@ -76,7 +77,8 @@ def main() -> None:
                 study_dir = Path(tmp) / spec.name
                 place = Placement(study_dir, default_tracking_uri(study_dir),
                                   str(study_dir / "ray"), None)
-                out = run_study(spec, place, yaml.safe_dump(spec.model_dump()))
+                spec_text = yaml.safe_dump(spec.model_dump(), sort_keys=False)
+                out = run_study(spec, place, spec_text)
                 curves[arm] = best_against_cpu(out["rows"], spec.resources.cpu)
             target = curves["random"]["best_fid"].iloc[-1]
             for arm, curve in curves.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -106,16 +107,19 @@ def build_report(studies: list[str], tracking_uri: str, out_dir: Path) -> tuple[
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
            # tqdm's notice that ipywidgets is absent: noise in a shared report
            "PYTHONWARNINGS": "ignore:IProgress not found"}
-    # IPC sockets: the kernel listens on no network port at all.
-    km = KernelManager(kernel_name="python3", transport="ipc")
-    try:
-        NotebookClient(nb, km=km, timeout=KERNEL_TIMEOUT_S).execute(env=env)
-    except CellExecutionError as err:
-        raise ConfigError(f"report for {studies[0]}: a cell failed: "
-                          f"{str(err).strip().splitlines()[-1]}") from None
-    finally:
-        if km.has_kernel:  # nbclient leaves a kernel it did not create running
-            km.shutdown_kernel(now=True)
+    # IPC sockets: the kernel listens on no network port at all. They go in a folder of their
+    # own: by default they are made in the working directory, and outlive a killed kernel.
+    with tempfile.TemporaryDirectory(prefix="ganstudy-kernel-") as sockets:
+        km = KernelManager(kernel_name="python3", transport="ipc",
+                           ip=os.path.join(sockets, "kernel"))
+        try:
+            NotebookClient(nb, km=km, timeout=KERNEL_TIMEOUT_S).execute(env=env)
+        except CellExecutionError as err:
+            raise ConfigError(f"report for {studies[0]}: a cell failed: "
+                              f"{str(err).strip().splitlines()[-1]}") from None
+        finally:
+            if km.has_kernel:  # nbclient leaves a kernel it did not create running
+                km.shutdown_kernel(now=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     ipynb, html = out_dir / f"{studies[0]}.ipynb", out_dir / f"{studies[0]}.html"
     atomic_write_text(ipynb, nbformat.writes(nb))

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import signal
 import sys
+import threading
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +27,9 @@ from gan.errors import ConfigError, DatasetError, GanError
 from gan.fileio import atomic_write_text
 from gan.metrics.features import weights_path
 from gan.train import OneLineParser
-from study.space import baseline_params, tune_param_space
+from study.space import baseline_params, hyperparameters, tune_param_space
 from study.spec import Asha, Pbt, StudySpec, load_spec, parse_spec
+from study.state import STATE_FILE, Experiment, Placement, StudyState, load_state
 
 SMOKE_FIXED = {"width": 8, "batch_size": 32, "eval_n": 200, "final_n": 300}
 
@@ -45,28 +51,34 @@ def smoke_spec(spec: StudySpec) -> StudySpec:
     return parse_spec(data, "--smoke")
 
 
-def build_searcher(spec: StudySpec, study_dir: Path, baseline: dict[str, Any]):
+def build_searcher(spec: StudySpec, study_dir: Path, baseline: dict[str, Any],
+                   extension: int = 0):
+    """Optuna on the study's storage. An extension (`--resume --trials N`) continues the same
+    Optuna study, whose every trial its sampler sees; it is seeded anew (a random sampler with
+    the first seed would propose the first trials again) and the baseline has run already."""
     import optuna
 
     from study.space import DefineByRun
     from study.trainable import FinalResultSearch
 
+    seed = spec.seed + extension
     if spec.searcher == "tpe":
         sampler = optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True,
-                                             seed=spec.seed)
+                                             seed=seed)
     else:
-        sampler = optuna.samplers.RandomSampler(seed=spec.seed)
+        sampler = optuna.samplers.RandomSampler(seed=seed)
     storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")
     return FinalResultSearch(
         space=DefineByRun(spec), metric=spec.metric, mode=spec.direction,
-        points_to_evaluate=[baseline], sampler=sampler, study_name=spec.name, storage=storage)
+        points_to_evaluate=None if extension else [baseline], sampler=sampler,
+        study_name=spec.name, storage=storage)
 
 
-def build_scheduler(spec: StudySpec, baseline: dict[str, Any]):
+def build_scheduler(spec: StudySpec, baseline: dict[str, Any], study_dir: Path):
     from ray.tune.schedulers import FIFOScheduler
 
     from study.space import tune_domain
-    from study.trainable import StudyASHA, StudyPBT
+    from study.trainable import RUNGS_FILE, StudyASHA, StudyPBT
 
     if isinstance(spec.scheduler, Pbt):
         return StudyPBT(
@@ -77,8 +89,8 @@ def build_scheduler(spec: StudySpec, baseline: dict[str, Any]):
                                   for k in spec.scheduler.mutations})
     if isinstance(spec.scheduler, Asha):
         return StudyASHA(
-            baseline, time_attr="step", metric=spec.metric, mode=spec.direction,
-            max_t=spec.budget.steps, grace_period=spec.scheduler.grace_period,
+            baseline, study_dir / RUNGS_FILE, time_attr="step", metric=spec.metric,
+            mode=spec.direction, max_t=spec.budget.steps, grace_period=spec.scheduler.grace_period,
             reduction_factor=spec.scheduler.reduction_factor)
     return FIFOScheduler()
 
@@ -86,12 +98,29 @@ def build_scheduler(spec: StudySpec, baseline: dict[str, Any]):
 TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 
 
-def validate(spec_path: Path, smoke: bool, out: Path | None,
-             tracking_uri: str | None) -> tuple[StudySpec, Path]:
+def validate(spec_path: Path, smoke: bool, out: Path | None, tracking_uri: str | None,
+             trials: int | None = None) -> tuple[StudySpec, Path]:
     """Everything that can reject the input, before Ray starts and before anything is written."""
     spec = load_spec(spec_path)
     if smoke:
         spec = smoke_spec(spec)
+    if trials is not None:
+        spec = with_trials(spec, trials, spec_path)
+    check_ready(spec, spec_path)
+    study_dir = out or Path("runs") / spec.name
+    if (study_dir / "spec.yaml").exists():
+        raise ConfigError(f"{study_dir}: already holds a study; continue it with --resume, or "
+                          "choose another --out")
+    check_writable(study_dir)
+    if tracking_uri is not None and tracking_uri.split(":", 1)[0].split("+")[0] not in (
+            TRACKING_SCHEMES):
+        raise ConfigError(f"--mlflow-uri {tracking_uri}: expected a tracking server "
+                          "(http://host:port) or a database (sqlite:///path/mlflow.db)")
+    return spec, study_dir
+
+
+def check_ready(spec: StudySpec, spec_path: Path) -> None:
+    """The data and the feature network are here, and the baseline fits the space."""
     try:
         check_available(spec.dataset)
         weights_path(spec.dataset)  # no feature network, no metric
@@ -99,15 +128,49 @@ def validate(spec_path: Path, smoke: bool, out: Path | None,
     except GanError as err:
         raise ConfigError(f"{spec_path}: dataset: {err}" if isinstance(err, DatasetError)
                           else f"{spec_path}: {err}") from None
-    study_dir = out or Path("runs") / spec.name
-    if (study_dir / "spec.yaml").exists():
-        raise ConfigError(f"{study_dir}: already holds a study; choose another --out")
-    check_writable(study_dir)
-    if tracking_uri is not None and tracking_uri.split(":", 1)[0].split("+")[0] not in (
-            TRACKING_SCHEMES):
-        raise ConfigError(f"--mlflow-uri {tracking_uri}: expected a tracking server "
-                          "(http://host:port) or a database (sqlite:///path/mlflow.db)")
-    return spec, study_dir
+
+
+def with_trials(spec: StudySpec, trials: int, source: Any) -> StudySpec:
+    data = spec.model_dump()
+    data["budget"]["trials"] = trials
+    return parse_spec(data, f"{source} with --trials {trials}")
+
+
+def study_dir_of(spec_path: Path, smoke: bool, out: Path | None) -> Path:
+    """Where the study named by the command line lives: a study directory given as such, else
+    --out, else runs/<name> of the spec (shrunk with --smoke)."""
+    if spec_path.is_dir():
+        return spec_path
+    if out is not None:
+        return out
+    spec = load_spec(spec_path)
+    return Path("runs") / (smoke_spec(spec) if smoke else spec).name
+
+
+def validate_resume(study_dir: Path, trials: int | None, tracking_uri: str | None,
+                    storage: str | None, address: str | None) -> tuple[StudySpec, StudyState]:
+    """A study to continue: its own spec.yaml and study.json, with more trials if asked. Its
+    stores stay where they are; only the Ray cluster's address may change."""
+    state = load_state(study_dir)
+    spec_path = study_dir / "spec.yaml"
+    spec = load_spec(spec_path)
+    place = state.place
+    for flag, given, recorded in (("--mlflow-uri", tracking_uri, place.tracking_uri),
+                                  ("--storage", storage, place.storage)):
+        if given is not None and given != recorded:
+            raise ConfigError(f"{flag} {given}: the study at {study_dir} records {recorded} "
+                              "(study.json); a resumed study keeps its stores")
+    if trials is not None:
+        if isinstance(spec.scheduler, Pbt) and trials != spec.budget.trials:
+            raise ConfigError(f"--trials {trials}: a PBT population cannot grow; start a new "
+                              "study instead")
+        if trials < spec.budget.trials:
+            raise ConfigError(f"--trials {trials}: the study already plans "
+                              f"{spec.budget.trials} trials; --trials can only extend it")
+        spec = with_trials(spec, trials, spec_path)
+    check_ready(spec, spec_path)
+    state.place = replace(place, study_dir=study_dir, address=address or place.address)
+    return spec, state
 
 
 def check_writable(path: Path) -> None:
@@ -120,16 +183,6 @@ def check_writable(path: Path) -> None:
         raise ConfigError(f"--out {path}: {ancestor} is a file, not a directory")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise ConfigError(f"--out {path}: {ancestor} is not writable")
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where a study runs and writes; recorded in <study dir>/study.json."""
-
-    study_dir: Path
-    tracking_uri: str
-    storage: str  # where Ray keeps trial results and checkpoints (a path or a URI)
-    address: str | None  # the Ray cluster to join; None starts a runtime on this machine
 
 
 def start_ray(address: str | None) -> None:
@@ -151,12 +204,22 @@ def check_resources(spec: StudySpec, spec_path: str) -> None:
                               f"node of the Ray cluster has more than {most:g}")
 
 
-def run_study(spec: StudySpec, place: Placement, spec_text: str,
-              spec_path: str = "spec") -> dict[str, Any]:
-    """Search, then confirm; return the rows, tables and best trial for the report."""
-    from ray.tune.search import BasicVariantGenerator
+class StudyInterrupted(Exception):
+    """SIGINT (Ctrl+C) stopped the study; Tune saved its state: --resume continues it."""
 
-    from study.confirm import confirmation_points, confirmation_table, verdict
+
+class StudyStopped(Exception):
+    """Ray ended a run abnormally (a node lost, its OOM killer...): --resume continues it."""
+
+
+def run_study(spec: StudySpec, place: Placement, spec_text: str, spec_path: str = "spec",
+              state: StudyState | None = None) -> dict[str, Any]:
+    """Search, then confirm; return the rows, tables and best trial for the report.
+
+    With the state of a study run before (`--resume`), its finished experiments are read back,
+    its unfinished ones resumed where Tune's last snapshot left them, and new trials run only
+    where the spec now plans more than were started."""
+    from study.confirm import confirmation_table, verdict
     from study.summary import leaderboard, trial_rows, write_outputs
     from study.tracking import StudyTracker
 
@@ -166,35 +229,24 @@ def run_study(spec: StudySpec, place: Placement, spec_text: str,
     study_dir = place.study_dir
     study_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(study_dir / "spec.yaml", spec_text)
-    atomic_write_text(study_dir / "study.json", json.dumps(
-        {k: str(v) if isinstance(v, Path) else v for k, v in asdict(place).items()}, indent=2))
+    state = state or StudyState(place)
+    state.save()
     baseline = baseline_params(spec)
     tracker = StudyTracker(spec, study_dir, place.tracking_uri, baseline)
-    if isinstance(spec.scheduler, Pbt):
-        # Ray runs no searcher beside PBT: a seeded random population, the baseline its first.
-        search_alg = BasicVariantGenerator(points_to_evaluate=[baseline],
-                                           random_state=spec.seed,
-                                           max_concurrent=spec.max_concurrent)
-        param_space = tune_param_space(spec)
-    else:
-        search_alg, param_space = build_searcher(spec, study_dir, baseline), None
-    search = fit(spec, place, tracker, "search", search_alg, build_scheduler(spec, baseline),
-                 spec.budget.trials, spec.budget.time_limit_s, param_space)
+    interrupts = Interrupts()
+    phases = Phases(spec, place, state, tracker, baseline, interrupts)
     trials_dir = study_dir / "trials"
-    rows = trial_rows(search, spec, baseline, trials_dir)
-    out: dict[str, Any] = {"rows": rows, "baseline": baseline, "confirm_runs": None,
-                           "confirm_table": None, "verdict": None}
-    board = leaderboard(rows, spec)
-    if spec.confirm and not board.empty:
-        points = confirmation_points(board, baseline, spec)
-        # Tune fills preset points only into keys the param space declares.
-        keys = dict.fromkeys(k for point in points for k in point)
-        runs = trial_rows(fit(spec, place, tracker, "confirm",
-                              BasicVariantGenerator(points_to_evaluate=points,
-                                                    max_concurrent=spec.max_concurrent), None,
-                              len(points), None, param_space=keys), spec, baseline, trials_dir)
-        table = confirmation_table(runs, spec)
-        out.update(confirm_runs=runs, confirm_table=table, verdict=verdict(table, spec))
+    with interrupts.installed():
+        rows = trial_rows(phases.search(), spec, baseline, trials_dir)
+        out: dict[str, Any] = {"rows": rows, "baseline": baseline, "confirm_runs": None,
+                               "confirm_table": None, "verdict": None}
+        board = leaderboard(rows, spec)
+        if spec.confirm and not board.empty:
+            runs = phases.confirm(board)
+            table = confirmation_table(runs, spec)
+            out.update(confirm_runs=runs, confirm_table=table, verdict=verdict(table, spec))
+        if interrupts.received:
+            raise StudyInterrupted("the study's last steps")
     out["best"] = write_outputs(rows, spec, study_dir, out["confirm_runs"], out["confirm_table"])
     out["wall_s"] = time.time() - t0
     tracker.finish(out["wall_s"], out["best"], [study_dir / name for name in (
@@ -202,40 +254,200 @@ def run_study(spec: StudySpec, place: Placement, spec_text: str,
     return out
 
 
-def fit(spec: StudySpec, place: Placement, tracker, name: str, search_alg, scheduler,
-        num_samples: int, time_budget_s: float | None, param_space: dict[str, Any] | None = None):
-    """One Tune run of `run_trial` (the search, or the confirmation) under the study's storage,
-    every trial tracked in MLflow from this process."""
-    from ray import tune
-    from ray.tune.search import BasicVariantGenerator
+def point_key(config: dict[str, Any]) -> str:
+    """A confirmation run's identity: its configuration and seed (its label is its rank)."""
+    return json.dumps({**hyperparameters(config), "seed": config.get("seed")}, sort_keys=True)
 
-    from study.callbacks import MlflowCallback
-    from study.trainable import run_trial
 
-    trials_dir = (place.study_dir / "trials").resolve()
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, spec=spec, trials_dir=str(trials_dir)),
-        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
-    # PBT clones other trials' checkpoints, perhaps long after they were made: it keeps them all
-    # (reported at perturbation steps only); otherwise the latest and the best are enough.
-    keep = None if isinstance(spec.scheduler, Pbt) else 1
-    tuner = tune.Tuner(
-        trainable, param_space=param_space,
-        tune_config=tune.TuneConfig(
-            search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
-            # a Searcher is limited here; BasicVariantGenerator by its own max_concurrent
-            max_concurrent_trials=None if isinstance(search_alg, BasicVariantGenerator)
-            else spec.max_concurrent, time_budget_s=time_budget_s),
-        run_config=tune.RunConfig(
-            name=name, storage_path=place.storage,
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=keep, checkpoint_score_attribute=spec.metric,
-                checkpoint_score_order=spec.direction),
-            callbacks=[MlflowCallback(tracker, name, trials_dir)],
-            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            verbose=1),
-    )
-    return tuner.fit()
+class Phases:
+    """The study's Tune experiments, phase by phase: each one started, resumed or read back."""
+
+    def __init__(self, spec: StudySpec, place: Placement, state: StudyState, tracker,
+                 baseline: dict[str, Any], interrupts: Interrupts | None = None):
+        self.spec, self.place, self.state = spec, place, state
+        self.tracker, self.baseline = tracker, baseline
+        self.interrupts = interrupts or Interrupts()
+
+    def search(self) -> list:
+        """Every search trial: the earlier experiments' (resumed if unfinished), then new ones
+        up to budget.trials. The searcher of an extension continues from all trials in the
+        Optuna storage."""
+        from ray.tune.search import BasicVariantGenerator
+
+        from study.summary import result_trial_id
+
+        spec, earlier = self.spec, self.state.of_phase("search")
+        results = [r for e in earlier for r in self.resume(e)]
+        planned = sum(e.trials for e in earlier)
+        if planned < spec.budget.trials:
+            if isinstance(spec.scheduler, Pbt):
+                # Ray runs no searcher beside PBT: a seeded random population, the baseline first.
+                search_alg = BasicVariantGenerator(points_to_evaluate=[self.baseline],
+                                                   random_state=spec.seed,
+                                                   max_concurrent=spec.max_concurrent)
+                param_space = tune_param_space(spec)
+            else:
+                search_alg = build_searcher(spec, self.place.study_dir, self.baseline,
+                                            extension=len(earlier))
+                param_space = None
+            results += self.fit("search", spec.budget.trials - planned, search_alg,
+                                build_scheduler(spec, self.baseline, self.place.study_dir),
+                                spec.budget.time_limit_s, param_space)
+        self.tracker.drop_orphans("search", {result_trial_id(r) for r in results})
+        return results
+
+    def confirm(self, board) -> Any:
+        """The confirmation runs of the current top-k and the baseline. Runs an earlier
+        confirmation already made (same configuration and seed) are reused under their new
+        label; runs of configurations no longer in the top-k are marked superseded."""
+        from ray.tune.search import BasicVariantGenerator
+
+        from study.confirm import confirmation_points
+        from study.summary import result_trial_id, trial_rows
+
+        spec = self.spec
+        points = confirmation_points(board, self.baseline, spec)
+        results = [r for e in self.state.of_phase("confirm") for r in self.resume(e)]
+        made = {point_key(r.config) for r in results}
+        missing = [p for p in points if point_key(p) not in made]
+        if missing:
+            # Tune fills preset points only into keys the param space declares.
+            keys = dict.fromkeys(k for point in missing for k in point)
+            results += self.fit("confirm", len(missing), BasicVariantGenerator(
+                points_to_evaluate=missing, max_concurrent=spec.max_concurrent), None, None,
+                param_space=keys)
+        self.tracker.drop_orphans("confirm", {result_trial_id(r) for r in results})
+        labels = {point_key(p): p["label"] for p in points}
+        for r in results:
+            self.tracker.relabel(result_trial_id(r), labels.get(point_key(r.config)))
+        wanted = [r for r in results if point_key(r.config) in labels]
+        runs = trial_rows(wanted, spec, self.baseline, self.place.study_dir / "trials")
+        runs["label"] = [labels[point_key(r.config)] for r in wanted]
+        return runs
+
+    def trainable(self):
+        from ray import tune
+
+        from study.trainable import run_trial
+
+        trials_dir = (self.place.study_dir / "trials").resolve()
+        return tune.with_resources(
+            tune.with_parameters(run_trial, spec=self.spec, trials_dir=str(trials_dir)),
+            {"cpu": self.spec.resources.cpu, "gpu": self.spec.resources.gpu})
+
+    def fit(self, phase: str, trials: int, search_alg, scheduler,
+            time_budget_s: float | None, param_space: dict[str, Any] | None = None) -> list:
+        """A new Tune experiment of `trials` trials of `run_trial`, recorded in study.json
+        before it starts, every trial tracked in MLflow from this process."""
+        from ray import tune
+        from ray.tune.search import BasicVariantGenerator
+
+        from study.callbacks import MlflowCallback
+
+        spec = self.spec
+        experiment = self.state.add(phase, trials)
+        trials_dir = (self.place.study_dir / "trials").resolve()
+        # PBT clones other trials' checkpoints, perhaps long after they were made: it keeps them
+        # all (reported at perturbation steps only); otherwise the latest, which holds the
+        # trial's best.pt too.
+        keep = None if isinstance(spec.scheduler, Pbt) else 1
+        tuner = tune.Tuner(
+            self.trainable(), param_space=param_space,
+            tune_config=tune.TuneConfig(
+                search_alg=search_alg, scheduler=scheduler, num_samples=trials,
+                # a Searcher is limited here; BasicVariantGenerator by its own max_concurrent
+                max_concurrent_trials=None if isinstance(search_alg, BasicVariantGenerator)
+                else spec.max_concurrent, time_budget_s=time_budget_s),
+            run_config=tune.RunConfig(
+                name=experiment.name, storage_path=self.place.storage,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
+                callbacks=[MlflowCallback(self.tracker, phase, trials_dir)],
+                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                verbose=1),
+        )
+        return self.run(tuner, experiment, time_budget_s)
+
+    def resume(self, experiment: Experiment) -> list:
+        """An earlier experiment's trials: read back if it finished, else resumed (finished
+        trials stay as they are, unfinished ones continue from their last checkpoint)."""
+        from ray import tune
+
+        path = f"{self.place.storage.rstrip('/')}/{experiment.name}"
+        if experiment.done:
+            analysis = tune.ExperimentAnalysis(path, default_metric=self.spec.metric,
+                                               default_mode=self.spec.direction)
+            return list(tune.ResultGrid(analysis))
+        tuner = tune.Tuner.restore(path, self.trainable(), resume_unfinished=True)
+        return self.run(tuner, experiment, None)
+
+    def run(self, tuner, experiment: Experiment, time_budget_s: float | None) -> list:
+        from ray.tune.error import TuneError
+
+        if self.interrupts.received:
+            raise StudyInterrupted(experiment.name)
+        t0 = time.time()
+        try:
+            with tune_environment():
+                grid = tuner.fit()
+        except (RuntimeError, TuneError) as err:  # e.g. Ray's OOM killer took a trial's worker
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise StudyStopped(f"{experiment.name}: Ray stopped the run: {first}") from err
+        unfinished = len(grid) - grid.num_terminated - grid.num_errors
+        out_of_time = time_budget_s is not None and time.time() - t0 >= time_budget_s
+        if (self.interrupts.received or unfinished
+                or (len(grid) < experiment.trials and not out_of_time)):
+            raise StudyInterrupted(experiment.name)
+        self.state.finish(experiment)
+        return list(grid)
+
+
+class Interrupts:
+    """SIGINT (Ctrl+C) during a study. The first asks the running Tune experiment to stop after
+    saving its state (through Tune's own SIGUSR1 handler) and is remembered, so that the study
+    stops there and not one phase later; a second one stops at once.
+
+    Tune's own SIGINT handler is kept out: it stays installed after a run it did not stop,
+    swallowing a later Ctrl+C, and a run it stops may still end with every trial finished (it
+    lets running trials report for a few seconds), which would look like a finished phase."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def handle(self, signum: int, frame) -> None:
+        if self.received:
+            raise KeyboardInterrupt
+        self.received = True
+        stop_tune = signal.getsignal(signal.SIGUSR1)
+        if callable(stop_tune):
+            stop_tune(signum, frame)
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # only the main thread may handle signals; Tune then handles none either
+            return
+        before = signal.signal(signal.SIGINT, self.handle)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, before)
+
+
+# Tune snapshots the experiment (trial states, the searcher) at most every 10 s by default: a
+# driver killed between two snapshots would lose what happened in between. 1 s costs a few ms.
+TUNE_ENVIRONMENT = {"TUNE_GLOBAL_CHECKPOINT_S": "1", "TUNE_DISABLE_SIGINT_HANDLER": "1"}
+
+
+@contextmanager
+def tune_environment() -> Iterator[None]:
+    """Tune reads these settings from the environment; a user's own setting wins."""
+    added = [k for k in TUNE_ENVIRONMENT if k not in os.environ]
+    os.environ.update({k: TUNE_ENVIRONMENT[k] for k in added})
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
 
 def print_report(out: dict[str, Any], spec: StudySpec, study_dir: Path,
@@ -268,9 +480,15 @@ def print_report(out: dict[str, Any], spec: StudySpec, study_dir: Path,
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python -m study.run", description=__doc__.splitlines()[0])
-    parser.add_argument("spec", type=Path, help="study YAML (see search_spaces/)")
+    parser.add_argument("spec", type=Path,
+                        help="study YAML (see search_spaces/); with --resume, or a study directory")
     parser.add_argument("--out", type=Path, help="study directory (default runs/<name>)")
     parser.add_argument("--smoke", action="store_true", help="a few short trials, for a try")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the study in its directory: finished trials are kept, "
+                        "unfinished ones continue from their last checkpoint")
+    parser.add_argument("--trials", type=int, help="number of search trials (overrides "
+                        "budget.trials; with --resume, extends a study to this many)")
     parser.add_argument("--mlflow-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
                         "else sqlite:///<study dir's parent>/mlflow.db, e.g. runs/mlflow.db)")
     parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a "
@@ -282,19 +500,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reports-dir", type=Path, default=Path("reports"),
                         help="where the report notebook goes (default reports/)")
     args = parser.parse_args(argv)
+    if args.trials is not None and args.trials < 1:
+        parser.error(f"--trials {args.trials}: expected a positive number of trials")
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    study_dir = None
     try:
-        uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
-        spec, study_dir = validate(args.spec, args.smoke, args.out, uri)
-        from study.tracking import default_tracking_uri  # imports MLflow: after validation
+        if args.resume:
+            study_dir = study_dir_of(args.spec, args.smoke, args.out)
+            spec, state = validate_resume(study_dir, args.trials, args.mlflow_uri, args.storage,
+                                          address)
+            place = state.place
+        else:
+            uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
+            spec, study_dir = validate(args.spec, args.smoke, args.out, uri, args.trials)
+            from study.tracking import default_tracking_uri  # imports MLflow: after validation
 
-        place = Placement(study_dir, uri or default_tracking_uri(study_dir),
-                          args.storage or str((study_dir / "ray").resolve()),
-                          args.address or os.environ.get("RAY_ADDRESS"))
+            place = Placement(study_dir, uri or default_tracking_uri(study_dir),
+                              args.storage or str((study_dir / "ray").resolve()), address)
+            state = None
         spec_text = yaml.safe_dump(spec.model_dump(), sort_keys=False)
-        out = run_study(spec, place, spec_text, str(args.spec))
+        out = run_study(spec, place, spec_text, str(args.spec), state)
     except GanError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except (StudyInterrupted, KeyboardInterrupt) as err:
+        if study_dir is None or not (study_dir / STATE_FILE).exists():
+            print("\ninterrupted before the study started", file=sys.stderr)
+        else:
+            print(f"\ninterrupted{f' during {err}' if str(err) else ''}; the study is saved. "
+                  f"Continue it with:\n  {resume_command(study_dir)}", file=sys.stderr)
+        return 130
+    except StudyStopped as err:
+        print(f"error: {err}\nthe study is saved; continue it with:\n  "
+              f"{resume_command(study_dir)}", file=sys.stderr)
+        return 1
     print_report(out, spec, study_dir, place.tracking_uri)
     if not args.no_report:
         from study.report import build_report
@@ -302,6 +541,10 @@ def main(argv: list[str] | None = None) -> int:
         paths = build_report([spec.name], place.tracking_uri, args.reports_dir)
         print(f"report: {paths[0]} and {paths[1]}")
     return 0
+
+
+def resume_command(study_dir: Path) -> str:
+    return f"python -m study.run {shlex.quote(str(study_dir))} --resume"
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def trial_rows(results: ResultGrid, spec: StudySpec, baseline: dict[str, Any],
             status = last.get("status", "completed")
         else:
             status = "pruned"
-        trial_id = last.get("trial_id") or _trial_id(r.path)
+        trial_id = result_trial_id(r)
         row: dict[str, Any] = {
             "trial_id": trial_id,
             "label": r.config.get("label", ""),
@@ -54,7 +54,8 @@ def trial_rows(results: ResultGrid, spec: StudySpec, baseline: dict[str, Any],
             "gpu_ids": last.get("gpu_ids", ""),
             "device": last.get("device", ""),
             "started_at": last.get("started_at", math.nan),
-            "ended_at": last.get("timestamp", math.nan),
+            # Tune's own timestamp is in whole seconds; trials report the exact time
+            "ended_at": last.get("reported_at", last.get("timestamp", math.nan)),
         }
         final = status == "completed"
         for m in METRIC_COLUMNS:
@@ -113,9 +114,10 @@ def write_outputs(rows: pd.DataFrame, spec: StudySpec, study_dir: Path,
     return best
 
 
-def _trial_id(ray_trial_path: str) -> str:
-    """Ray's trial folder is named <trainable>_<trial id>_<index>_<params>_<time>."""
-    return Path(ray_trial_path).name.split("_")[2]
+def result_trial_id(result: Any) -> str:
+    """A Tune result's trial id: in its last report, else in its folder's name, which Ray makes
+    <trainable>_<trial id>_<index>_<params>_<time>."""
+    return (result.metrics or {}).get("trial_id") or Path(result.path).name.split("_")[2]
 
 
 def plain(v: Any) -> Any:

@@ -36,6 +36,8 @@ STEP_METRICS = ("loss_d", "loss_g", "d_real", "d_fake", "acc_real", "acc_fake", 
 # The trial's result (its best checkpoint re-scored with final_n samples): logged as final_<name>.
 FINAL_METRICS = ("fid", "kid", "precision", "recall", "modes", "mode_kl", "classifier_score")
 ROLE, TRIAL_ID = "ganstudy.role", "ganstudy.trial_id"
+ENDED = ("completed", "pruned", "diverged", "failed")  # a run's status tag once its trial ended
+SUPERSEDED = "superseded"  # phase tag of confirmation runs an extended study no longer counts
 SAMPLES_KEY = "samples"
 MODEL_NAME = "generator"
 IMAGE_STEP = re.compile(r"\+step\+(\d+)\+")
@@ -104,13 +106,30 @@ class StudyTracker:
                                                 "custom_model_development"}))
         self.parent_id = self._parent_run()
         self.children: dict[str, str] = {}  # trial id -> child run id
+        self.phase_of: dict[str, str] = {}  # trial id -> phase tag
         self.last_step: dict[str, int] = {}  # child run id -> last step logged
-        for run in self.client.search_runs(
-                [self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_id}'",
-                max_results=10_000):
-            self.children[run.data.tags[TRIAL_ID]] = run.info.run_id
-            steps = [m.step for m in self.client.get_metric_history(run.info.run_id, "loss_g")]
-            self.last_step[run.info.run_id] = max(steps, default=0)
+        self.ended: set[str] = set()  # trial ids whose run holds its end (status, model)
+        for run in self.child_runs():
+            tags, rid = run.data.tags, run.info.run_id
+            self.children[tags[TRIAL_ID]], self.phase_of[tags[TRIAL_ID]] = rid, tags["phase"]
+            steps = [m.step for m in self.client.get_metric_history(rid, "loss_g")]
+            self.last_step[rid] = max(steps, default=0)
+            if tags.get("status") in ENDED:
+                self.ended.add(tags[TRIAL_ID])
+
+    # Tune pickles its callbacks with the experiment, and Tuner.restore unpickles them: a
+    # tracker comes back by finding its runs again, not with the state it had when pickled.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"spec": self.spec, "study_dir": self.study_dir, "tracking_uri": self.uri,
+                "baseline": self.baseline}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)
+
+    def child_runs(self) -> list:
+        return self.client.search_runs(
+            [self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_id}'",
+            max_results=10_000)
 
     def _parent_run(self) -> str:
         """This study directory's parent run: found again on resume, created otherwise."""
@@ -140,8 +159,12 @@ class StudyTracker:
 
     # -- trials ----------------------------------------------------------------------------
     def start_trial(self, trial_id: str, config: dict[str, Any], phase: str) -> str:
-        if trial_id in self.children:  # a retry or a resumed study: the same run goes on
-            self.client.set_tag(self.children[trial_id], "status", "running")
+        """A trial's run: made at its first start, the same run again at a retry or on resume.
+        A run that already holds its end stays as it is: the driver was killed after the trial
+        ended and before Tune's snapshot recorded it, and Tune runs its last steps again."""
+        if trial_id in self.children:
+            if trial_id not in self.ended:
+                self.client.set_tag(self.children[trial_id], "status", "running")
             return self.children[trial_id]
         params = hyperparameters(config)
         label = config.get("label", "")
@@ -157,7 +180,7 @@ class StudyTracker:
         full = make_config(values, "trial config").model_dump()
         self.client.log_batch(rid, params=[Param(k, str(v)) for k, v in full.items()],
                               synchronous=True)
-        self.children[trial_id], self.last_step[rid] = rid, 0
+        self.children[trial_id], self.phase_of[trial_id], self.last_step[rid] = rid, phase, 0
         return rid
 
     def log_result(self, trial_id: str, result: dict[str, Any]) -> None:
@@ -166,8 +189,12 @@ class StudyTracker:
         the steps after it, with the same values)."""
         rid = self.children[trial_id]
         step = int(result.get("step", 0))
+        if trial_id in self.ended:
+            return
         if result.get("final"):
-            if result.get("status") == "completed":
+            # A final result logged before the driver was killed comes again on resume.
+            if result.get("status") == "completed" and (
+                    "best_step" not in self.client.get_run(rid).data.metrics):
                 metrics = {f"final_{k}": result[k] for k in FINAL_METRICS if k in result}
                 metrics.update({f"{k}_floor": result[f"{k}_floor"] for k in FINAL_METRICS
                                 if f"{k}_floor" in result})
@@ -197,14 +224,42 @@ class StudyTracker:
 
     def end_trial(self, trial_id: str, status: str, reason: str = "",
                   best_checkpoint: Path | None = None) -> None:
+        if trial_id in self.ended:
+            return
         rid = self.children[trial_id]
-        self.client.set_tag(rid, "status", status)
-        if reason:
-            self.client.set_tag(rid, "reason", reason[:5000])
-        if status == "completed" and best_checkpoint is not None and best_checkpoint.is_file():
+        # The status tag goes last: a run whose status says ended holds everything else.
+        logged = "generator_model_uri" in self.client.get_run(rid).data.tags
+        if (status == "completed" and not logged and best_checkpoint is not None
+                and best_checkpoint.is_file()):
             self.client.set_tag(rid, "generator_model_uri", self._log_generator(rid,
                                                                                 best_checkpoint))
+        if reason:
+            self.client.set_tag(rid, "reason", reason[:5000])
+        self.client.set_tag(rid, "status", status)
         self.client.set_terminated(rid, "FAILED" if status == "failed" else "FINISHED")
+        self.ended.add(trial_id)
+
+    def drop_orphans(self, phase: str, trial_ids: set[str]) -> None:
+        """Delete the phase's runs of trials Tune has no record of: a driver killed after a
+        trial started and before Tune's snapshot recorded it; its Optuna trial was taken over
+        by a later trial, which has a run of its own."""
+        for trial_id, rid in list(self.children.items()):
+            if self.phase_of.get(trial_id) == phase and trial_id not in trial_ids:
+                self.client.delete_run(rid)
+                del self.children[trial_id]
+
+    def relabel(self, trial_id: str, label: str | None) -> None:
+        """A confirmation run under its configuration's current rank; None: its configuration
+        left the top-k when the study was extended, and the run no longer counts."""
+        rid = self.children.get(trial_id)
+        if rid is None:
+            return
+        tags = self.client.get_run(rid).data.tags
+        if label is None:
+            if tags.get("phase") != SUPERSEDED:
+                self.client.set_tag(rid, "phase", SUPERSEDED)
+        elif tags.get("label") != label:
+            self.client.set_tag(rid, "label", label)
 
     def _log_generator(self, rid: str, checkpoint: Path) -> str:
         """The best checkpoint's generator as an MLflow PyTorch model (torch.export format: it

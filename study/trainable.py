@@ -14,7 +14,9 @@ import os
 import re
 import shutil
 import time
+from contextlib import nullcontext
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import ray
@@ -25,7 +27,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from gan.checkpoint import load_checkpoint
 from gan.config import make_config
-from gan.errors import DivergedError
+from gan.errors import CheckpointError, DivergedError
+from gan.fileio import read_jsonl
 from gan.train import OPTIMIZER_FIELDS, train
 from study.space import hyperparameters, is_baseline
 from study.spec import Pbt, StudySpec, trial_values
@@ -55,7 +58,8 @@ def trial_device() -> str:
 
 
 def run_trial(config: dict[str, Any], spec: StudySpec, trials_dir: str) -> None:
-    """The Tune function trainable: one `gan.train` run, resumed from Tune's checkpoint if any.
+    """The Tune function trainable: one `gan.train` run, continued from its latest checkpoint
+    when Tune restarts it (a retry, a resumed study, PBT's exploit).
 
     Its outputs (metrics.jsonl, samples, checkpoints) go to `trials_dir/<trial id>/`, a folder of
     the study's own (shared storage on a cluster), not Ray's staging folder, which Ray copies
@@ -73,21 +77,14 @@ def run_trial(config: dict[str, Any], spec: StudySpec, trials_dir: str) -> None:
                   "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
                   "device": cfg.device, "started_at": time.time()}
 
-    resume = False
-    if (checkpoint := tune.get_checkpoint()) is not None:
-        with checkpoint.as_directory() as restored:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            for name in CHECKPOINT_FILES:
-                if (Path(restored) / name).exists():
-                    shutil.copy2(Path(restored) / name, run_dir / name)
-            record_perturbation(Path(restored), cfg, run_dir)
-        resume = True
+    pbt = isinstance(spec.scheduler, Pbt)
+    start = restore_checkpoint(tune.get_checkpoint(), cfg, run_dir, pbt)
 
     def report_evaluation(record: dict) -> None:
         if "fid" not in record:  # only evaluations go to Tune: they carry the metrics
             return
         result = {**record, **provenance, "torch_threads": torch.get_num_threads(),
-                  "final": False, "status": "running"}
+                  "final": False, "status": "running", "reported_at": time.time()}
         if not checkpoint_step(spec, record["step"]):
             tune.report(result)
             return
@@ -101,18 +98,61 @@ def run_trial(config: dict[str, Any], spec: StudySpec, trials_dir: str) -> None:
         # Tune copies the directory into its storage before returning.
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(report_dir)))
 
+    if start is not None and not pbt:
+        # The evaluations up to the checkpoint, again: a killed driver may have missed the
+        # last ones. Every store keeps a step once; PBT's checkpoints are exactly Tune's.
+        for record in read_jsonl(run_dir / "metrics.jsonl"):
+            if "fid" in record and record["step"] <= start:
+                tune.report({**record, **provenance, "final": False, "status": "running",
+                             "replayed": True})
     try:
         # Adam's settings may differ from the checkpoint's: PBT perturbs them on exploit.
-        result = train(cfg, run_dir, resume=resume, on_log=report_evaluation,
+        result = train(cfg, run_dir, resume=start is not None, on_log=report_evaluation,
                        may_change=OPTIMIZER_FIELDS)
     except DivergedError as err:
         tune.report({spec.metric: worst_value(spec), "step": err.step, **provenance,
-                     "final": True, "status": "diverged", "reason": str(err)})
+                     "final": True, "status": "diverged", "reason": str(err),
+                     "reported_at": time.time()})
         return
     finally:
         shutil.rmtree(report_dir, ignore_errors=True)
     tune.report({**result.final, "step": cfg.steps, **provenance, "final": True,
-                 "status": "completed"})
+                 "status": "completed", "reported_at": time.time()})
+
+
+def restore_checkpoint(checkpoint: tune.Checkpoint | None, cfg, run_dir: Path,
+                       pbt: bool) -> int | None:
+    """Put the checkpoint this trial continues from into its run directory; its step, or None
+    for a fresh start.
+
+    Tune hands over the checkpoint its snapshot of the experiment names. Under PBT that is the
+    one to take (a donor's, on exploit). Otherwise the trial's own latest checkpoint in its run
+    directory, when newer, is the better one: after a killed driver, Tune's snapshot may lag
+    behind the trial's reports, or name a checkpoint Ray has since deleted. With neither, what
+    an earlier attempt left in the run directory must not pass for a run."""
+    own = _checkpoint_step(run_dir / "checkpoint.pt")
+    try:
+        with checkpoint.as_directory() if checkpoint else nullcontext(None) as restored:
+            given = _checkpoint_step(Path(restored) / "checkpoint.pt") if restored else None
+            if given is not None and (pbt or own is None or given > own):
+                run_dir.mkdir(parents=True, exist_ok=True)
+                for name in CHECKPOINT_FILES:
+                    if (Path(restored) / name).exists():
+                        shutil.copy2(Path(restored) / name, run_dir / name)
+                record_perturbation(Path(restored), cfg, run_dir)
+                return given
+    except FileNotFoundError:  # on remote storage, as_directory fetches the files
+        pass
+    if own is None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return own
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    try:
+        return int(load_checkpoint(path)["step"])
+    except CheckpointError:
+        return None
 
 
 def checkpoint_step(spec: StudySpec, step: int) -> bool:
@@ -149,19 +189,51 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 class FinalResultSearch(OptunaSearch):
-    """OptunaSearch that gives Optuna a trial's value only from its full-budget final result.
+    """OptunaSearch that gives Optuna a trial's value only from its full-budget final result,
+    and that survives a killed driver.
 
     Ray's OptunaSearch tells Optuna COMPLETE with whatever the last result held, so a trial that
     ASHA stopped after its grace period would enter TPE's model as if its low-budget score were
     final (Ray issues #5459, #5651). Here such a trial is recorded as PRUNED, as Optuna's own
     pruners do; Optuna's TPE still learns from pruned trials' intermediate values.
+
+    Tune restores this searcher from its last snapshot of the experiment, but Optuna's storage
+    is written at once: a driver killed between the two leaves Optuna trials asked after the
+    snapshot (RUNNING, unknown to Tune) and trials told after it (finished, still running for
+    Tune). The first are taken over by the next new trials, which keep their parameters; the
+    second get no more reports (Optuna refuses a second tell by itself). So the Optuna study
+    ends with one trial per Tune trial.
     """
 
+    def suggest(self, trial_id: str) -> dict | None:
+        if trial_id not in self._ot_trials and (orphan := self._orphan()) is not None:
+            self._ot_trials[trial_id] = orphan
+        return super().suggest(trial_id)
+
+    def _orphan(self):
+        import optuna
+
+        known = {t.number for t in self._ot_trials.values()}
+        for frozen in self._ot_study.get_trials(deepcopy=False,
+                                                states=(optuna.trial.TrialState.RUNNING,)):
+            if frozen.number not in known:
+                return optuna.Trial(self._ot_study, frozen._trial_id)
+        return None
+
+    def _frozen(self, trial_id: str):
+        """The trial as Optuna's storage has it now (it may be ahead of this searcher)."""
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None:
+            return None
+        return self._ot_study.get_trials(deepcopy=False)[ot_trial.number]
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if not result.get("final") and "step" in result and self.metric in result:
-            ot_trial = self._ot_trials.get(trial_id)
-            if ot_trial is not None:
-                ot_trial.report(float(result[self.metric]), int(result["step"]))
+        if result.get("final") or "step" not in result or self.metric not in result:
+            return
+        frozen = self._frozen(trial_id)
+        if frozen is not None and not frozen.state.is_finished() and (
+                int(result["step"]) not in frozen.intermediate_values):
+            self._ot_trials[trial_id].report(float(result[self.metric]), int(result["step"]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
@@ -172,24 +244,58 @@ class FinalResultSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result, error)
 
 
+RUNGS_FILE = "asha_rungs.jsonl"
+
+
 class StudyASHA(ASHAScheduler):
-    """ASHA on the eval_n metric at equal generator updates, with two exceptions.
+    """ASHA on the eval_n metric at equal generator updates, with two exceptions, and rungs that
+    outlive the driver.
 
     The baseline always runs to the end: the study must report it, and its rung results still
     set the bar for the others. A trial that has reached the full budget is not stopped on its
     last evaluation (Ray's ASHA stops at max_t): its final re-score is about to follow, and is
     its result.
+
+    Ray keeps a scheduler's state only in memory: a resumed study would judge its remaining
+    trials against empty rungs, an extended one its new trials against each other only. So
+    every result the rungs see is appended to `rungs_file`, and replayed into them whenever the
+    scheduler is made or unpickled (by Tuner.restore).
     """
 
-    def __init__(self, baseline: dict[str, Any], **kwargs: Any):
+    def __init__(self, baseline: dict[str, Any], rungs_file: Path, **kwargs: Any):
         super().__init__(**kwargs)
-        self.baseline = baseline
+        self.baseline, self.rungs_file = baseline, rungs_file
+        self._replay()
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._replay()
+
+    def _replay(self) -> None:
+        if not self.rungs_file.exists():
+            return
+        for line in self.rungs_file.read_text().splitlines():
+            if line.strip():
+                seen = json.loads(line)
+                self._brackets[0].on_result(SimpleNamespace(trial_id=seen["trial_id"]),
+                                            seen["step"], self._metric_op * seen["value"])
+
+    def _record(self, trial, result: dict) -> None:
+        if self._time_attr in result and self._metric in result:
+            with open(self.rungs_file, "a") as f:
+                f.write(json.dumps({"trial_id": trial.trial_id, "step": result[self._time_attr],
+                                    "value": result[self._metric]}) + "\n")
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
+        self._record(trial, result)
         if is_baseline(trial.config, self.baseline) or result.get("step", 0) >= self._max_t:
             return self.CONTINUE
         return decision
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        super().on_trial_complete(tune_controller, trial, result)
+        self._record(trial, result)
 
 
 class StudyPBT(PopulationBasedTraining):

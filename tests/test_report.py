@@ -1,5 +1,8 @@
 """The report notebook of the session's smoke study, executed by a real kernel, from MLflow."""
 
+import os
+from pathlib import Path
+
 import nbformat
 import pandas as pd
 import pytest
@@ -43,12 +46,17 @@ def test_report_rebuilds_from_mlflow_alone_and_compares(smoke_study, tmp_path, c
     """With the study directory gone (moved away for the test), and --compare."""
     hidden = smoke_study.with_name("smoke-hidden")
     smoke_study.rename(hidden)
+    cwd = Path.cwd()
+    os.chdir(tmp_path)
     try:
         uri = default_tracking_uri(smoke_study)
         assert report_main(["smoke", "--compare", "smoke", "--mlflow-uri", uri,
                             "--out-dir", str(tmp_path)]) == 0
     finally:
+        os.chdir(cwd)
         hidden.rename(smoke_study)
+    # the kernel's IPC sockets were not left in the working directory
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["smoke.html", "smoke.ipynb"]
     nb = nbformat.read(tmp_path / "smoke.ipynb", as_version=4)
     check_report(nb, len(pd.read_csv(smoke_study / "summary.csv")))
     assert any("Across studies" in c.source for c in nb.cells)

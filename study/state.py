@@ -1,0 +1,75 @@
+"""What a study directory records about its own run, so that `--resume` needs only the directory:
+where it runs and writes (the Placement), and the Tune experiments it has started, each marked
+done once it has finished. Written atomically to <study dir>/study.json at every change."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from gan.errors import ConfigError
+from gan.fileio import atomic_write_text
+
+STATE_FILE = "study.json"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a study runs and writes."""
+
+    study_dir: Path
+    tracking_uri: str
+    storage: str  # where Ray keeps trial results and checkpoints (a path or a URI)
+    address: str | None  # the Ray cluster to join; None starts a runtime on this machine
+
+
+@dataclass
+class Experiment:
+    """One Tune run of a phase: `search`, then `search-2`... when `--trials` extends a study."""
+
+    name: str
+    phase: str  # "search" or "confirm"
+    trials: int  # the number of trials it was asked for
+    done: bool = False
+
+
+@dataclass
+class StudyState:
+    place: Placement
+    experiments: list[Experiment] = field(default_factory=list)
+
+    def save(self) -> None:
+        place = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.place).items()}
+        atomic_write_text(self.place.study_dir / STATE_FILE, json.dumps(
+            {**place, "experiments": [asdict(e) for e in self.experiments]}, indent=2) + "\n")
+
+    def of_phase(self, phase: str) -> list[Experiment]:
+        return [e for e in self.experiments if e.phase == phase]
+
+    def add(self, phase: str, trials: int) -> Experiment:
+        """A new experiment of the phase, recorded before it starts."""
+        count = len(self.of_phase(phase))
+        experiment = Experiment(phase if count == 0 else f"{phase}-{count + 1}", phase, trials)
+        self.experiments.append(experiment)
+        self.save()
+        return experiment
+
+    def finish(self, experiment: Experiment) -> None:
+        experiment.done = True
+        self.save()
+
+
+def load_state(study_dir: Path) -> StudyState:
+    """A study directory's record, or a one-line error naming the file and what is wrong."""
+    path = study_dir / STATE_FILE
+    if not path.is_file():
+        raise ConfigError(f"{study_dir}: no study to resume here ({STATE_FILE} is missing)")
+    try:
+        data = json.loads(path.read_text())
+        place = Placement(Path(data["study_dir"]), data["tracking_uri"], data["storage"],
+                          data["address"])
+        experiments = [Experiment(**e) for e in data.get("experiments", [])]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{path}: not a study record ({type(err).__name__}: {err})") from None
+    return StudyState(place, experiments)

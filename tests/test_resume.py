@@ -1,0 +1,198 @@
+"""A study survives its driver: SIGKILL then --resume, SIGINT then --resume, --resume --trials N.
+
+Each study runs in a subprocess with a Ray runtime of its own (a killed driver takes its runtime
+with it), against real Ray, Optuna and MLflow stores, which the tests then count."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS, EVAL_EVERY = 100, 10
+EVAL_STEPS = list(range(EVAL_EVERY, STEPS + 1, EVAL_EVERY))
+
+
+def spec(name: str, trials: int, **extra) -> dict:
+    return {"name": name, "seed": 0, "searcher": "tpe", "scheduler": {"type": "none"},
+            "budget": {"trials": trials, "steps": STEPS, "eval_every": EVAL_EVERY},
+            "max_concurrent": 2,
+            # eval_n sets the time between checkpoints: at ~0.7 s, longer than Tune's snapshot
+            # period (1 s) over two checkpoints, as real trials' minutes are.
+            "fixed": {"arch": "mlp", "image_size": 28, "width": 8, "batch_size": 32,
+                      "eval_n": 500, "final_n": 300},
+            "space": {"lr_g": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True},
+                      "lr_d": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}},
+            **extra}
+
+
+def start(args: list[str]) -> subprocess.Popen:
+    # A session of its own: SIGKILL reaches the driver and the Ray runtime it started.
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",
+                                                            "MLFLOW_TRACKING_URI")}
+    return subprocess.Popen([sys.executable, "-m", "study.run", *args, "--no-report"],
+                            cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, code: int = 0) -> str:
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == code, (out[-2000:], err[-3000:])
+    return err
+
+
+def trial_progress(study: Path) -> tuple[int, int]:
+    """(trials whose trainer finished, trials past two evaluations and not finished)."""
+    done = midway = 0
+    for run in (study / "trials").glob("[!.]*"):
+        if (run / "result.json").exists():
+            done += 1
+        elif (run / "metrics.jsonl").exists():
+            lines = (run / "metrics.jsonl").read_text().splitlines()
+            midway += sum('"fid"' in line for line in lines) >= 2
+    return done, midway
+
+
+def wait_for(proc: subprocess.Popen, study: Path, done: int, midway: int) -> None:
+    deadline = time.time() + 300
+    while True:
+        now_done, now_midway = trial_progress(study)
+        if now_done >= done and now_midway >= midway:
+            return
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "the study never got there"
+        time.sleep(0.1)
+
+
+def child_runs(study: Path, name: str) -> list:
+    client = MlflowClient(f"sqlite:///{study.parent / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(name)
+    return client.search_runs([experiment.experiment_id], "tags.`ganstudy.role` = 'trial'",
+                              max_results=1000)
+
+
+def metric_steps(study: Path, run_id: str, key: str = "loss_g") -> list[int]:
+    client = MlflowClient(f"sqlite:///{study.parent / 'mlflow.db'}")
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def optuna_trials(study: Path, name: str) -> list:
+    return optuna.load_study(study_name=name,
+                             storage=f"sqlite:///{study / 'optuna.db'}").get_trials()
+
+
+def tune_results(study: Path, experiment: str) -> dict[str, pd.DataFrame]:
+    """Every result Tune recorded, per trial id (Ray's own files, read back)."""
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    grid = ResultGrid(ExperimentAnalysis(str(study / "ray" / experiment)))
+    return {r.metrics["trial_id"]: r.metrics_dataframe for r in grid}
+
+
+def assert_complete(study: Path, name: str, trials: int) -> pd.DataFrame:
+    """Every planned trial ended exactly once: no duplicates and no gaps anywhere."""
+    summary = pd.read_csv(study / "summary.csv", keep_default_na=False)
+    assert len(summary) == trials and summary["trial_id"].is_unique
+    statuses = summary[["status", "reason"]].to_dict("records")
+    assert (summary["status"] == "completed").all(), statuses
+    ot = optuna_trials(study, name)
+    assert len(ot) == trials and sorted(t.number for t in ot) == list(range(trials))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in ot), [t.state for t in ot]
+    assert sorted(t.value for t in ot) == pytest.approx(sorted(summary["fid"]))
+    runs = [r for r in child_runs(study, name) if r.data.tags["phase"] == "search"]
+    assert sorted(r.data.tags["ganstudy.trial_id"] for r in runs) == sorted(summary["trial_id"])
+    for run in runs:
+        assert run.data.tags["status"] == "completed" and run.info.status == "FINISHED"
+        assert metric_steps(study, run.info.run_id) == EVAL_STEPS  # each evaluation once
+        assert metric_steps(study, run.info.run_id, "final_fid") == [STEPS]
+        assert "generator_model_uri" in run.data.tags
+    return summary
+
+
+def test_sigkill_then_resume_finishes_every_trial_once(tmp_path):
+    name = "killed"
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec(name, 6), sort_keys=False))
+    study = tmp_path / "runs" / name
+    proc = start([str(tmp_path / "spec.yaml"), "--out", str(study)])
+    wait_for(proc, study, done=2, midway=1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+
+    # What the kill left: trials that had finished, and trials cut off midway.
+    finished = {run.name: run.joinpath("metrics.jsonl").read_text()
+                for run in (study / "trials").glob("[!.]*") if (run / "result.json").exists()}
+    cut = {run.name for run in (study / "trials").glob("[!.]*")
+           if not (run / "result.json").exists()}
+    assert len(finished) >= 2 and cut
+    assert not (study / "summary.csv").exists()
+
+    finish(start([str(study), "--resume"]))
+    summary = assert_complete(study, name, 6)
+    for trial_id, lines in finished.items():  # finished trials were not run again
+        assert (study / "trials" / trial_id / "metrics.jsonl").read_text() == lines
+    results = tune_results(study, "search")
+    resumed = [t for t in cut if t in results and results[t]["pid"].nunique() == 2]
+    assert resumed, "no trial cut off midway was continued"
+    for trial_id in resumed:
+        # The new process trained on from the last checkpoint, not from the first step (it
+        # first reports the evaluations up to the checkpoint again, marked replayed).
+        history = results[trial_id]
+        later = history[history["pid"] != history["pid"].iloc[0]]
+        replayed = later["replayed"].fillna(False).astype(bool)
+        assert later[~replayed]["step"].min() > EVAL_EVERY, history[["step", "pid"]]
+        assert later[replayed]["step"].tolist() == list(
+            range(EVAL_EVERY, later[~replayed]["step"].min(), EVAL_EVERY))
+        assert trial_id in set(summary["trial_id"])
+
+
+def test_sigint_stops_cleanly_then_resume_and_extend(tmp_path):
+    name = "stopped"
+    extra = {"confirm": {"top_k": 1, "seeds": 2}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec(name, 4, **extra), sort_keys=False))
+    study = tmp_path / "runs" / name
+    proc = start([str(tmp_path / "spec.yaml"), "--out", str(study)])
+    wait_for(proc, study, done=1, midway=1)
+    os.kill(proc.pid, signal.SIGINT)
+    err = finish(proc, 130)
+    command = re.search(r"python -m study\.run (\S+) --resume", err)
+    assert command and Path(command.group(1)) == study, err[-2000:]
+    state = json.loads((study / "study.json").read_text())
+    assert [(e["name"], e["done"]) for e in state["experiments"]] == [("search", False)]
+
+    finish(start([str(study), "--resume"]))
+    assert_complete(study, name, 4)
+    first = pd.read_csv(study / "confirmation.csv", keep_default_na=False)
+    assert len(first) == 4 and set(first["label"]) == {"baseline", "top-1"}
+    before = {p.name: p.joinpath("metrics.jsonl").read_text()
+              for p in (study / "trials").glob("[!.]*")}
+
+    # Extend the finished study: only the new trials run, in the same Optuna study.
+    finish(start([str(study), "--resume", "--trials", "6"]))
+    summary = assert_complete(study, name, 6)
+    assert len(tune_results(study, "search-2")) == 2
+    for trial_id, lines in before.items():
+        assert (study / "trials" / trial_id / "metrics.jsonl").read_text() == lines
+    ot = optuna_trials(study, name)
+    old = [t.params for t in ot[:4]]
+    assert all(t.params not in old for t in ot[4:])  # the extension's sampler is seeded anew
+    # The baseline's confirmation runs were not made again (a new top-1 would get its own).
+    again = pd.read_csv(study / "confirmation.csv", keep_default_na=False)
+    base = lambda t: set(t[t["label"] == "baseline"]["trial_id"])  # noqa: E731
+    assert base(again) == base(first) and len(again) == 4
+    confirm_runs = [r for r in child_runs(study, name) if r.data.tags["phase"] == "confirm"]
+    assert sorted(r.data.tags["ganstudy.trial_id"] for r in confirm_runs) == sorted(
+        again["trial_id"])
+    assert set(summary["trial_id"]) < set(p.name for p in (study / "trials").glob("[!.]*"))

@@ -1,0 +1,93 @@
+"""The searcher's and the scheduler's state across a killed driver, without a Ray runtime: the
+windows between Tune's snapshot of the experiment and what Optuna's storage or ASHA's rungs
+already hold, made on purpose (a real Optuna SQLite storage, Ray's real ASHA and Trial)."""
+
+import pickle
+
+import optuna
+import pytest
+import yaml
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import TrialScheduler
+
+from study.run import build_scheduler, build_searcher
+from study.space import baseline_params
+from study.spec import parse_spec
+
+SPEC = parse_spec({
+    "name": "state", "seed": 0,
+    "budget": {"trials": 8, "steps": 40, "eval_every": 10},
+    "scheduler": {"type": "asha", "grace_period": 10, "reduction_factor": 2},
+    "space": {"lr_g": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True},
+              "lr_d": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}},
+}, "test")
+
+
+def test_trials_asked_or_told_after_the_snapshot_leave_no_gap_and_no_duplicate(tmp_path):
+    searcher = build_searcher(SPEC, tmp_path, baseline_params(SPEC))
+    pickled = pickle.dumps(searcher)  # as Tuner pickles it, before any trial
+    baseline = searcher.suggest("t0")
+    searcher.save(tmp_path / "searcher.pkl")  # Tune's snapshot
+    asked_after = searcher.suggest("t1")  # asked, then the driver is killed
+    searcher.on_trial_complete("t0", {"fid": 3.0, "step": 40, "final": True})  # told, ditto
+
+    restored = pickle.loads(pickled)  # Tuner.restore, then the searcher's own snapshot
+    restored.restore(tmp_path / "searcher.pkl")
+    # The next new trial takes over the orphaned Optuna trial, parameters and all.
+    assert restored.suggest("t2") == asked_after != baseline
+    # t0 runs its last steps again and completes again: Optuna is not told twice.
+    restored.on_trial_result("t0", {"fid": 9.0, "step": 30, "final": False})
+    restored.on_trial_complete("t0", {"fid": 3.0, "step": 40, "final": True})
+    restored.on_trial_complete("t2", {"fid": 5.0, "step": 40, "final": True})
+
+    trials = optuna.load_study(study_name="state",
+                               storage=f"sqlite:///{tmp_path / 'optuna.db'}").get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert [t.value for t in trials] == [3.0, 5.0]
+    assert trials[0].intermediate_values == {}  # nothing reported to a finished trial
+
+
+def trial(trial_id: str, lr: float) -> Trial:
+    return Trial("run_trial", config={"lr_g": lr, "lr_d": lr}, trial_id=trial_id, stub=True)
+
+
+def test_asha_rungs_outlive_the_driver(tmp_path):
+    scheduler = build_scheduler(SPEC, baseline_params(SPEC), tmp_path)
+    pickled = pickle.dumps(scheduler)  # as Tuner pickles it, before any trial
+    for i, fid in enumerate([1.0, 2.0, 3.0, 4.0]):
+        scheduler.on_trial_add(None, trial(f"t{i}", 1e-4 * (i + 1)))
+        scheduler.on_trial_result(None, trial(f"t{i}", 1e-4 * (i + 1)), {"fid": fid, "step": 10})
+    late = trial("late", 9e-4)
+    # Restored by Tuner.restore (unpickled) or made anew for an extension: the rungs are back,
+    # so a bad trial is stopped at the grace period as it would have been.
+    for again in (pickle.loads(pickled), build_scheduler(SPEC, baseline_params(SPEC), tmp_path)):
+        again.on_trial_add(None, late)
+        assert again.on_trial_result(None, late, {"fid": 9.0, "step": 10}) == TrialScheduler.STOP
+    # A scheduler with no record would have let it go on: the rungs are what stops it.
+    (tmp_path / "elsewhere").mkdir()
+    fresh = build_scheduler(SPEC, baseline_params(SPEC), tmp_path / "elsewhere")
+    fresh.on_trial_add(None, late)
+    assert fresh.on_trial_result(None, late, {"fid": 9.0, "step": 10}) == TrialScheduler.CONTINUE
+
+
+def test_resume_rejects_what_would_change_or_shrink_the_study(tmp_path, capsys, monkeypatch):
+    import study.run as run_module
+    from study.state import Placement, StudyState
+
+    monkeypatch.setattr(run_module, "run_study", lambda *a, **k: pytest.fail("reached Ray"))
+    study = tmp_path / "state"
+    study.mkdir()
+    (study / "spec.yaml").write_text(yaml.safe_dump(SPEC.model_dump(), sort_keys=False))
+    StudyState(Placement(study, "sqlite:///x/mlflow.db", str(study / "ray"), None)).save()
+    before = sorted(study.rglob("*"))
+    cases = [(["--trials", "4"], "--trials 4: the study already plans 8 trials"),
+             (["--mlflow-uri", "sqlite:///y/mlflow.db"], "a resumed study keeps its stores"),
+             (["--storage", "/elsewhere"], "--storage /elsewhere: the study at")]
+    for extra, expected in cases:
+        assert run_module.main([str(study), "--resume", *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], err
+    (study / "study.json").write_text("{not json")
+    assert run_module.main([str(study), "--resume"]) == 2
+    assert "study.json: not a study record" in capsys.readouterr().err
+    assert sorted(study.rglob("*")) == before
