@@ -109,11 +109,19 @@ class StudyTracker:
         self.phase_of: dict[str, str] = {}  # trial id -> phase tag
         self.last_step: dict[str, int] = {}  # child run id -> last step logged
         self.ended: set[str] = set()  # trial ids whose run holds its end (status, model)
-        for run in self.child_runs():
+        self._load_children()
+
+    def _load_children(self) -> None:
+        """The trial runs as the store has them: those of an earlier driver, and those another
+        tracker (the one Tuner.restore unpickled with its callback) has made since."""
+        for run in self.client.search_runs(
+                [self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_id}'",
+                max_results=10_000):
             tags, rid = run.data.tags, run.info.run_id
             self.children[tags[TRIAL_ID]], self.phase_of[tags[TRIAL_ID]] = rid, tags["phase"]
-            steps = [m.step for m in self.client.get_metric_history(rid, "loss_g")]
-            self.last_step[rid] = max(steps, default=0)
+            if rid not in self.last_step:
+                steps = [m.step for m in self.client.get_metric_history(rid, "loss_g")]
+                self.last_step[rid] = max(steps, default=0)
             if tags.get("status") in ENDED:
                 self.ended.add(tags[TRIAL_ID])
 
@@ -125,11 +133,6 @@ class StudyTracker:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)
-
-    def child_runs(self) -> list:
-        return self.client.search_runs(
-            [self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_id}'",
-            max_results=10_000)
 
     def _parent_run(self) -> str:
         """This study directory's parent run: found again on resume, created otherwise."""
@@ -243,6 +246,7 @@ class StudyTracker:
         """Delete the phase's runs of trials Tune has no record of: a driver killed after a
         trial started and before Tune's snapshot recorded it; its Optuna trial was taken over
         by a later trial, which has a run of its own."""
+        self._load_children()
         for trial_id, rid in list(self.children.items()):
             if self.phase_of.get(trial_id) == phase and trial_id not in trial_ids:
                 self.client.delete_run(rid)
