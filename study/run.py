@@ -435,7 +435,10 @@ class Interrupts:
 
 # Tune snapshots the experiment (trial states, the searcher) at most every 10 s by default: a
 # driver killed between two snapshots would lose what happened in between. 1 s costs a few ms.
-TUNE_ENVIRONMENT = {"TUNE_GLOBAL_CHECKPOINT_S": "1", "TUNE_DISABLE_SIGINT_HANDLER": "1"}
+# With num_to_keep, Tune also forces a snapshot after each checkpoint and warns, on every one,
+# that snapshots come often: here that is the intent, and the warning buried the progress table.
+TUNE_ENVIRONMENT = {"TUNE_GLOBAL_CHECKPOINT_S": "1", "TUNE_DISABLE_SIGINT_HANDLER": "1",
+                    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 
 
 @contextmanager
