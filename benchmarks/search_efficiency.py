@@ -44,7 +44,10 @@ from study.tracking import default_tracking_uri
 def arm_spec(spec_path: Path, seed: int, arm: str, trials: int | None, steps: int | None):
     data = load_spec(spec_path).model_dump()
     data.update(seed=seed, confirm=None, name=f"{data['name']}-{arm.replace('+', '-')}-{seed}")
-    if trials:
+    if trials:  # TPE's random start-up keeps its share of the trials, as ASHA's grace below
+        if data["searcher"]["type"] == "tpe":
+            data["searcher"]["startup_trials"] = max(1, round(
+                data["searcher"]["startup_trials"] * trials / data["budget"]["trials"]))
         data["budget"]["trials"] = trials
     if steps:
         scale = steps / data["budget"]["steps"]

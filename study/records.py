@@ -176,7 +176,7 @@ def summary(record: StudyRecord) -> pd.DataFrame:
     facts = {
         "study": spec.name, "dataset": spec.dataset,
         "metric": f"{spec.metric} ({spec.direction})",
-        "searcher / scheduler": f"{spec.searcher} / {spec.scheduler.type}",
+        "searcher / scheduler": f"{spec.searcher.label} / {spec.scheduler.type}",
         "budget": f"{spec.budget.trials} trials x {spec.budget.steps} generator updates, "
                   f"evaluated every {spec.budget.eval_every}",
         "resources per trial": f"{spec.resources.cpu} CPU, {spec.resources.gpu} GPU; "

@@ -62,9 +62,10 @@ def build_searcher(spec: StudySpec, study_dir: Path, baseline: dict[str, Any],
     from study.trainable import FinalResultSearch
 
     seed = spec.seed + extension
-    if spec.searcher == "tpe":
-        sampler = optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True,
-                                             seed=seed)
+    if spec.searcher.type == "tpe":
+        sampler = optuna.samplers.TPESampler(
+            n_startup_trials=spec.searcher.startup_trials, multivariate=True, group=True,
+            constant_liar=True, seed=seed)
     else:
         sampler = optuna.samplers.RandomSampler(seed=seed)
     storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")

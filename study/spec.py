@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gan.config import NAMED_DATASETS, TrainConfig, make_config, one_line_error, read_yaml
 from gan.errors import ConfigError
@@ -101,7 +101,26 @@ class Confirm(Strict):
     seeds: int = Field(ge=2, le=20)
 
 
-UNION_TAGS = frozenset({"float", "int", "categorical", "asha", "pbt", "none"})
+class Tpe(Strict):
+    type: Literal["tpe"]
+    # Random trials before TPE models the space (Optuna's default). A small budget spends a
+    # large share of its trials here: search_efficiency.py measures what fewer buys.
+    startup_trials: int = Field(10, ge=1)
+
+    @property
+    def label(self) -> str:
+        return f"tpe ({self.startup_trials} random start-up trials)"
+
+
+class RandomSearch(Strict):
+    type: Literal["random"]
+
+    @property
+    def label(self) -> str:
+        return "random"
+
+
+UNION_TAGS = frozenset({"float", "int", "categorical", "asha", "pbt", "none", "tpe", "random"})
 
 
 class StudySpec(Strict):
@@ -113,7 +132,7 @@ class StudySpec(Strict):
     budget: Budget
     scheduler: Annotated[Asha | Pbt | NoScheduler, Field(discriminator="type")] = NoScheduler(
         type="none")
-    searcher: Literal["tpe", "random"] = "tpe"
+    searcher: Annotated[Tpe | RandomSearch, Field(discriminator="type")] = Tpe(type="tpe")
     resources: Resources = Resources()
     max_concurrent: int = Field(2, ge=1)
     max_failures: int = Field(1, ge=0, le=10)  # retries of a crashed trial, from its checkpoint
@@ -124,6 +143,16 @@ class StudySpec(Strict):
     @property
     def direction(self) -> str:
         return self.mode or METRICS[self.metric]
+
+    @field_validator("searcher", mode="before")
+    @classmethod
+    def _searcher_by_name(cls, value: Any) -> Any:
+        if isinstance(value, str):  # `searcher: tpe` for short
+            return {"type": value}
+        if not isinstance(value, dict):
+            raise ValueError("expected tpe, random, or a mapping such as {type: tpe, "
+                             "startup_trials: 5}")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> StudySpec:
@@ -160,7 +189,7 @@ class StudySpec(Strict):
             if self.scheduler.perturbation_interval % self.budget.eval_every:
                 raise ValueError("scheduler.perturbation_interval: must be a multiple of "
                                  "budget.eval_every (PBT acts on evaluations)")
-        if isinstance(self.scheduler, Pbt) and self.searcher != "random":
+        if isinstance(self.scheduler, Pbt) and self.searcher.type != "random":
             raise ValueError("searcher: Ray runs no search algorithm beside PBT; "
                              "use searcher: random (the initial population is sampled at random)")
         if isinstance(self.scheduler, Asha) and self.scheduler.grace_period > self.budget.steps:

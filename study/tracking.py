@@ -151,7 +151,7 @@ class StudyTracker:
             "seed": spec.seed, "dataset": spec.dataset, "metric": spec.metric,
             "mode": spec.direction, "trials": spec.budget.trials, "steps": spec.budget.steps,
             "eval_every": spec.budget.eval_every, "scheduler": spec.scheduler.type,
-            "searcher": spec.searcher, "cpu_per_trial": spec.resources.cpu,
+            "searcher": spec.searcher.label, "cpu_per_trial": spec.resources.cpu,
             "gpu_per_trial": spec.resources.gpu, "max_concurrent": spec.max_concurrent,
         }.items()], synchronous=True)
         self.client.log_text(rid, (self.study_dir / "spec.yaml").read_text(), "spec.yaml")
@@ -302,5 +302,5 @@ class StudyTracker:
 
 def study_note(spec: StudySpec) -> str:
     return (f"ganstudy study `{spec.name}` on {spec.dataset}: {spec.budget.trials} trials of "
-            f"{spec.budget.steps} generator updates, {spec.searcher} search, "
+            f"{spec.budget.steps} generator updates, {spec.searcher.label} search, "
             f"{spec.scheduler.type} scheduler, metric {spec.metric} ({spec.direction}).")

@@ -12,7 +12,7 @@ from ray.tune.schedulers import TrialScheduler
 
 from study.run import build_scheduler, build_searcher
 from study.space import baseline_params
-from study.spec import parse_spec
+from study.spec import Tpe, parse_spec
 
 SPEC = parse_spec({
     "name": "state", "seed": 0,
@@ -45,6 +45,24 @@ def test_trials_asked_or_told_after_the_snapshot_leave_no_gap_and_no_duplicate(t
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert [t.value for t in trials] == [3.0, 5.0]
     assert trials[0].intermediate_values == {}  # nothing reported to a finished trial
+
+
+def test_tpe_models_the_space_once_its_start_up_trials_are_done(tmp_path):
+    """`searcher.startup_trials` is what TPE gets. Optuna counts the baseline as one: with 2, the
+    third proposal already comes from TPE's model; with 10 it is still the seeded random draw."""
+    proposals = {}
+    for startup in (2, 10):
+        spec = SPEC.model_copy(update={"searcher": Tpe(type="tpe", startup_trials=startup)})
+        (tmp_path / str(startup)).mkdir()
+        searcher = build_searcher(spec, tmp_path / str(startup), baseline_params(spec))
+        proposals[startup] = []
+        for i in range(3):
+            config = searcher.suggest(f"t{i}")
+            proposals[startup].append(config)
+            searcher.on_trial_complete(f"t{i}", {"fid": 1e3 * config["lr_g"], "step": 40,
+                                                 "final": True})
+    assert proposals[2][:2] == proposals[10][:2]
+    assert proposals[2][2] != proposals[10][2]
 
 
 def trial(trial_id: str, lr: float) -> Trial:
