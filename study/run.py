@@ -373,11 +373,15 @@ class Phases:
         trials stay as they are, unfinished ones continue from their last checkpoint)."""
         from ray import tune
 
+        from study.trainable import refill_deleted_checkpoints
+
         path = f"{self.place.storage.rstrip('/')}/{experiment.name}"
         if experiment.done:
             analysis = tune.ExperimentAnalysis(path, default_metric=self.spec.metric,
                                                default_mode=self.spec.direction)
             return list(tune.ResultGrid(analysis))
+        if "://" not in path:
+            refill_deleted_checkpoints(Path(path), self.place.study_dir / "trials")
         tuner = tune.Tuner.restore(path, self.trainable(), resume_unfinished=True)
         return self.run(tuner, experiment, None)
 

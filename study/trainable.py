@@ -128,8 +128,9 @@ def restore_checkpoint(checkpoint: tune.Checkpoint | None, cfg, run_dir: Path,
     Tune hands over the checkpoint its snapshot of the experiment names. Under PBT that is the
     one to take (a donor's, on exploit). Otherwise the trial's own latest checkpoint in its run
     directory, when newer, is the better one: after a killed driver, Tune's snapshot may lag
-    behind the trial's reports, or name a checkpoint Ray has since deleted. With neither, what
-    an earlier attempt left in the run directory must not pass for a run."""
+    behind the trial's reports (or name a checkpoint Ray has since deleted, which
+    refill_deleted_checkpoints made again). With neither, what an earlier attempt left in the
+    run directory must not pass for a run."""
     own = _checkpoint_step(run_dir / "checkpoint.pt")
     try:
         with checkpoint.as_directory() if checkpoint else nullcontext(None) as restored:
@@ -146,6 +147,28 @@ def restore_checkpoint(checkpoint: tune.Checkpoint | None, cfg, run_dir: Path,
     if own is None:
         shutil.rmtree(run_dir, ignore_errors=True)
     return own
+
+
+def refill_deleted_checkpoints(experiment_dir: Path, trials_dir: Path) -> None:
+    """Before Tuner.restore: every checkpoint an unfinished trial's last snapshot may name exists.
+
+    Ray registers a trial's checkpoint an event after its result and snapshots the experiment
+    at most every second, and with num_to_keep it deletes older checkpoints as newer ones
+    register: a driver killed in between leaves a snapshot naming a checkpoint that is gone (two
+    behind the trial's newest, seen in CI), and Tune fails the trial before it runs ("does not
+    exist on storage anymore"). Each missing index below an unfinished trial's newest checkpoint
+    becomes hard links to that newest one: the trial continues from it and replays what the
+    snapshot missed, as when it finds its own checkpoint newer (restore_checkpoint)."""
+    for trial_dir in experiment_dir.glob("run_trial_*"):
+        trial_id = trial_dir.name.split("_")[2]
+        if (trials_dir / trial_id / "result.json").exists():  # finished: never restored
+            continue
+        found = {int(p.name.removeprefix("checkpoint_")): p
+                 for p in trial_dir.glob("checkpoint_*") if p.is_dir()}
+        for index in range(max(found, default=0)):
+            if index not in found:
+                shutil.copytree(found[max(found)], trial_dir / f"checkpoint_{index:06d}",
+                                copy_function=_link_or_copy)
 
 
 def _checkpoint_step(path: Path) -> int | None:

@@ -13,6 +13,7 @@ from ray.tune.schedulers import TrialScheduler
 from study.run import build_scheduler, build_searcher
 from study.space import baseline_params
 from study.spec import Tpe, parse_spec
+from study.trainable import refill_deleted_checkpoints
 
 SPEC = parse_spec({
     "name": "state", "seed": 0,
@@ -86,6 +87,27 @@ def test_asha_rungs_outlive_the_driver(tmp_path):
     fresh = build_scheduler(SPEC, baseline_params(SPEC), tmp_path / "elsewhere")
     fresh.on_trial_add(None, late)
     assert fresh.on_trial_result(None, late, {"fid": 9.0, "step": 10}) == TrialScheduler.CONTINUE
+
+
+def test_checkpoints_deleted_behind_the_snapshot_are_made_again(tmp_path):
+    # As CI left it: the snapshot named checkpoint 0, Ray had deleted it for 1, 2 came unseen.
+    experiment, trials = tmp_path / "search", tmp_path / "trials"
+    cut = experiment / "run_trial_3e40ec45_3_lr_d=0.0004_2026-11-23_15-39-13"
+    done = experiment / "run_trial_d53e40b9_4_lr_d=0.0004_2026-11-23_15-39-13"
+    for index, step in ((1, 20), (2, 30)):
+        (cut / f"checkpoint_{index:06d}").mkdir(parents=True)
+        (cut / f"checkpoint_{index:06d}" / "origin.json").write_text(f'{{"step": {step}}}')
+    (done / "checkpoint_000008").mkdir(parents=True)
+    (trials / "d53e40b9").mkdir(parents=True)
+    (trials / "d53e40b9" / "result.json").write_text("{}")
+
+    refill_deleted_checkpoints(experiment, trials)
+    again = cut / "checkpoint_000000" / "origin.json"
+    assert again.read_text() == '{"step": 30}'  # the newest, not a guess at the deleted one
+    assert again.stat().st_ino == (cut / "checkpoint_000002" / "origin.json").stat().st_ino
+    assert sorted(p.name for p in cut.iterdir()) == [f"checkpoint_00000{i}" for i in range(3)]
+    assert [p.name for p in done.iterdir()] == ["checkpoint_000008"]  # finished: left alone
+    refill_deleted_checkpoints(experiment, trials)  # a second resume finds nothing to do
 
 
 def test_resume_rejects_what_would_change_or_shrink_the_study(tmp_path, capsys, monkeypatch):
