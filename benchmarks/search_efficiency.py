@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import heapq
-import json
 import math
 import statistics
 import tempfile
@@ -35,6 +34,7 @@ import ray
 import yaml
 from ray.tune.schedulers import ASHAScheduler
 
+from gan.fileio import read_jsonl
 from study.run import run_study
 from study.spec import Asha, load_spec, parse_spec
 from study.state import Placement
@@ -125,14 +125,10 @@ def replay_asha(rows: pd.DataFrame, curves: pd.DataFrame, spec, workers: int) ->
 
 def trial_curves(study_dir: Path, trial_ids: pd.Series) -> pd.DataFrame:
     """Every evaluation of every trial, from the trainer's own metrics.jsonl."""
-    records = []
-    for trial_id in trial_ids:
-        log = study_dir / "trials" / trial_id / "metrics.jsonl"
-        for line in log.read_text().splitlines() if log.exists() else []:
-            record = json.loads(line)
-            if "fid" in record:
-                records.append({"trial_id": trial_id, "step": record["step"],
-                                "fid": record["fid"]})
+    records = [{"trial_id": trial_id, "step": record["step"], "fid": record["fid"]}
+               for trial_id in trial_ids
+               for record in read_jsonl(study_dir / "trials" / trial_id / "metrics.jsonl")
+               if "fid" in record]
     return pd.DataFrame(records, columns=["trial_id", "step", "fid"])
 
 
