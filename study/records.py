@@ -21,11 +21,10 @@ from gan.errors import ConfigError
 from study.spec import StudySpec, parse_spec
 from study.tracking import (
     FINAL_METRICS,
-    IMAGE_STEP,
     ROLE,
-    SAMPLES_KEY,
     TRIAL_ID,
     fluent_tracking_uri,
+    sample_images,
 )
 
 CURVE_METRICS = ("loss_d", "loss_g", "d_real", "d_fake", "fid")
@@ -196,15 +195,8 @@ def summary(record: StudyRecord) -> pd.DataFrame:
 
 def progress_frames(record: StudyRecord, run_id: str) -> list[tuple[int, Path]]:
     """The sample grids a trial logged at each evaluation (the image series), by step."""
-    client = record.client
-    frames = []
-    for item in client.list_artifacts(run_id, "images"):
-        name = Path(item.path).name
-        match = IMAGE_STEP.search(name)
-        if name.startswith(f"{SAMPLES_KEY}+") and match and name.endswith(".png"):
-            frames.append((int(match.group(1)), Path(client.download_artifacts(run_id,
-                                                                               item.path))))
-    return sorted(frames)
+    return sorted((step, Path(record.client.download_artifacts(run_id, path)))
+                  for step, path in sample_images(record.client, run_id).items())
 
 
 def model_input(row: pd.Series, n: int, seed: int = 0):

@@ -43,6 +43,17 @@ MODEL_NAME = "generator"
 IMAGE_STEP = re.compile(r"\+step\+(\d+)\+")
 
 
+def sample_images(client: MlflowClient, run_id: str) -> dict[int, str]:
+    """The sample grids a run logged as its image series: artifact path by step."""
+    found = {}
+    for item in client.list_artifacts(run_id, "images"):
+        name = Path(item.path).name
+        match = IMAGE_STEP.search(name)
+        if name.startswith(f"{SAMPLES_KEY}+") and match and name.endswith(".png"):
+            found[int(match.group(1))] = item.path
+    return found
+
+
 def default_tracking_uri(study_dir: Path) -> str:
     """SQLite beside the study directories (runs/mlflow.db by default), shared by all studies."""
     return f"sqlite:///{(study_dir.parent / 'mlflow.db').resolve()}"
@@ -108,6 +119,7 @@ class StudyTracker:
         self.children: dict[str, str] = {}  # trial id -> child run id
         self.phase_of: dict[str, str] = {}  # trial id -> phase tag
         self.last_step: dict[str, int] = {}  # child run id -> last step logged
+        self.imaged: dict[str, set[int]] = {}  # child run id -> steps with a sample grid
         self.ended: set[str] = set()  # trial ids whose run holds its end (status, model)
         self._load_children()
 
@@ -122,6 +134,7 @@ class StudyTracker:
             if rid not in self.last_step:
                 steps = [m.step for m in self.client.get_metric_history(rid, "loss_g")]
                 self.last_step[rid] = max(steps, default=0)
+                self.imaged[rid] = set(sample_images(self.client, rid))
             if tags.get("status") in ENDED:
                 self.ended.add(tags[TRIAL_ID])
 
@@ -183,13 +196,15 @@ class StudyTracker:
         full = make_config(values, "trial config").model_dump()
         self.client.log_batch(rid, params=[Param(k, str(v)) for k, v in full.items()],
                               synchronous=True)
-        self.children[trial_id], self.phase_of[trial_id], self.last_step[rid] = rid, phase, 0
+        self.children[trial_id], self.phase_of[trial_id] = rid, phase
+        self.last_step[rid], self.imaged[rid] = 0, set()
         return rid
 
     def log_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """One evaluation (metrics and the sample grid at its step), or the trial's final result.
         A step already logged is not logged again (a trial restored from its checkpoint repeats
-        the steps after it, with the same values)."""
+        the steps after it, with the same values); metrics and grid are checked apart, so a grid
+        a killed driver missed after the step's metrics comes with the step's replay."""
         rid = self.children[trial_id]
         step = int(result.get("step", 0))
         if trial_id in self.ended:
@@ -204,15 +219,15 @@ class StudyTracker:
                 metrics["best_step"] = result.get("best_step", step)
                 self._log_metrics(rid, metrics, step)
             return
-        if step <= self.last_step.get(rid, 0):
-            return
-        self._log_metrics(rid, {k: result[k] for k in STEP_METRICS if k in result}, step)
-        self.last_step[rid] = step
+        if step > self.last_step[rid]:
+            self._log_metrics(rid, {k: result[k] for k in STEP_METRICS if k in result}, step)
+            self.last_step[rid] = step
         grid = Path(result.get("run_dir", "")) / "samples" / f"step_{step:06d}.png"
-        if grid.is_file():
+        if step not in self.imaged[rid] and grid.is_file():
             with Image.open(grid) as image:
                 self.client.log_image(rid, image.convert("RGB"), key=SAMPLES_KEY, step=step,
                                       synchronous=True)
+            self.imaged[rid].add(step)
 
     def _log_metrics(self, rid: str, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)

@@ -12,7 +12,17 @@ from mlflow import MlflowClient
 
 from gan.checkpoint import load_generator
 from study.records import load_study, progress_frames
-from study.tracking import STEP_METRICS, default_tracking_uri, fluent_tracking_uri
+from study.space import baseline_params
+from study.spec import load_spec
+from study.tracking import (
+    STEP_METRICS,
+    StudyTracker,
+    default_tracking_uri,
+    fluent_tracking_uri,
+    sample_images,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
 
@@ -109,6 +119,37 @@ def test_sample_grids_are_an_image_series_per_evaluation(tracked, smoke_study):
         evals = [m.step for m in MlflowClient(uri).get_metric_history(run.info.run_id, "fid")]
         assert [s for s, _ in frames] == sorted(evals)
         assert all(p.stat().st_size > 100 for _, p in frames)
+
+
+def test_a_grid_the_killed_driver_missed_comes_with_the_replayed_step(tmp_path):
+    """Killed between a step's metrics and its sample grid: the resumed driver's tracker logs
+    the grid when the trial replays the step, and logs nothing twice."""
+    from PIL import Image
+
+    spec = load_spec(ROOT / "search_spaces" / "smoke.yaml")
+    study, run_dir = tmp_path / "study", tmp_path / "trial"
+    (run_dir / "samples").mkdir(parents=True)
+    study.mkdir()
+    (study / "spec.yaml").write_text((ROOT / "search_spaces" / "smoke.yaml").read_text())
+    for step in (10, 20):
+        Image.new("L", (8, 8), step).save(run_dir / "samples" / f"step_{step:06d}.png")
+    uri, baseline = f"sqlite:///{tmp_path / 'mlflow.db'}", baseline_params(spec)
+
+    def evaluation(step: int) -> dict:
+        return {"step": step, "run_dir": str(run_dir), **dict.fromkeys(STEP_METRICS, 1.0)}
+
+    killed = StudyTracker(spec, study, uri, baseline)
+    rid = killed.start_trial("t1", dict(baseline), "search")
+    killed.log_result("t1", evaluation(10))
+    killed._log_metrics(rid, dict.fromkeys(STEP_METRICS, 1.0), 20)  # then the kill
+    assert sorted(sample_images(killed.client, rid)) == [10]
+
+    resumed = StudyTracker(spec, study, uri, baseline)
+    for step in (10, 20, 20, 30):  # the replay, a repeat, a step without a grid on disk
+        resumed.log_result("t1", evaluation(step))
+    assert sorted(sample_images(resumed.client, rid)) == [10, 20]
+    history = resumed.client.get_metric_history(rid, "loss_g")
+    assert sorted(m.step for m in history) == [10, 20, 30]
 
 
 def test_logged_generator_is_the_best_checkpoint_and_samples(tracked, smoke_study):
