@@ -54,22 +54,23 @@ def finish(proc: subprocess.Popen, code: int = 0) -> str:
     return err
 
 
-def trial_progress(study: Path) -> tuple[int, int]:
-    """(trials whose trainer finished, trials past two evaluations and not finished)."""
+def trial_progress(study: Path, evaluations: int) -> tuple[int, int]:
+    """(trials whose trainer finished, trials past `evaluations` evaluations and not finished)."""
     done = midway = 0
     for run in (study / "trials").glob("[!.]*"):
         if (run / "result.json").exists():
             done += 1
         elif (run / "metrics.jsonl").exists():
             lines = (run / "metrics.jsonl").read_text().splitlines()
-            midway += sum('"fid"' in line for line in lines) >= 2
+            midway += sum('"fid"' in line for line in lines) >= evaluations
     return done, midway
 
 
-def wait_for(proc: subprocess.Popen, study: Path, done: int, midway: int) -> None:
+def wait_for(proc: subprocess.Popen, study: Path, done: int, midway: int,
+             evaluations: int = 2) -> None:
     deadline = time.time() + 300
     while True:
-        now_done, now_midway = trial_progress(study)
+        now_done, now_midway = trial_progress(study, evaluations)
         if now_done >= done and now_midway >= midway:
             return
         assert proc.poll() is None, proc.communicate()
@@ -112,6 +113,12 @@ def assert_complete(study: Path, name: str, trials: int) -> pd.DataFrame:
     assert len(ot) == trials and sorted(t.number for t in ot) == list(range(trials))
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in ot), [t.state for t in ot]
     assert sorted(t.value for t in ot) == pytest.approx(sorted(summary["fid"]))
+    assert_tracked(study, name, summary)
+    return summary
+
+
+def assert_tracked(study: Path, name: str, summary: pd.DataFrame) -> None:
+    """MLflow holds one finished run per trial, each evaluation logged once."""
     runs = [r for r in child_runs(study, name) if r.data.tags["phase"] == "search"]
     assert sorted(r.data.tags["ganstudy.trial_id"] for r in runs) == sorted(summary["trial_id"])
     for run in runs:
@@ -119,7 +126,6 @@ def assert_complete(study: Path, name: str, trials: int) -> pd.DataFrame:
         assert metric_steps(study, run.info.run_id) == EVAL_STEPS  # each evaluation once
         assert metric_steps(study, run.info.run_id, "final_fid") == [STEPS]
         assert "generator_model_uri" in run.data.tags
-    return summary
 
 
 def test_sigkill_then_resume_finishes_every_trial_once(tmp_path):
@@ -198,3 +204,44 @@ def test_sigint_stops_cleanly_then_resume_and_extend(tmp_path):
     assert sorted(r.data.tags["ganstudy.trial_id"] for r in confirm_runs) == sorted(
         again["trial_id"])
     assert set(summary["trial_id"]) < set(p.name for p in (study / "trials").glob("[!.]*"))
+
+
+def test_pbt_population_killed_then_resumed_finishes_once(tmp_path):
+    """PBT's state is Ray's alone (no searcher, no rungs of ours): after a SIGKILL the
+    population continues from Tune's checkpoints, each member finishes once, and the
+    perturbation histories name only real exploits."""
+    name = "pbt-killed"
+    pbt = spec(name, 4, searcher="random", resources={"cpu": 0.5}, max_concurrent=4,
+               scheduler={"type": "pbt", "perturbation_interval": 20, "quantile_fraction": 0.25,
+                          "mutations": ["lr_g", "lr_d"]})
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(pbt, sort_keys=False))
+    study = tmp_path / "runs" / name
+    proc = start([str(tmp_path / "spec.yaml"), "--out", str(study)])
+    # Past step 40 in half the population: PBT has checkpointed (steps 20, 40) and exploited.
+    wait_for(proc, study, done=0, midway=2, evaluations=5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    killed_at = time.time()
+    assert not (study / "summary.csv").exists()
+
+    finish(start([str(study), "--resume"]))
+    summary = pd.read_csv(study / "summary.csv", keep_default_na=False)
+    assert len(summary) == 4 and summary["trial_id"].is_unique
+    assert (summary["status"] == "completed").all(), summary[["status", "reason"]]
+    assert not (study / "optuna.db").exists()
+    assert_tracked(study, name, summary)
+    assert summary[summary["baseline"]]["perturbations"].item() == ""
+    ids = set(summary["trial_id"])
+    for history in (json.loads(h) for h in summary["perturbations"] if h):
+        for event in history:  # a member restored from its own checkpoint is no exploit
+            assert event["from_trial"] in ids and event["step"] % 20 == 0 and event["changed"]
+    # Each member's first evaluation after the kill follows a perturbation step: it continued
+    # from one of Tune's checkpoints (or from the start, had it none yet).
+    first_after = {}
+    for trial_id, history in tune_results(study, "search").items():
+        before, after = (history[history["reported_at"] < killed_at],
+                         history[history["reported_at"] > killed_at])
+        if len(before) and len(after):
+            first_after[trial_id] = after["step"].min()
+    assert all(step % 20 == EVAL_EVERY for step in first_after.values()), first_after
+    assert max(first_after.values(), default=0) > 20, first_after
