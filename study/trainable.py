@@ -323,11 +323,22 @@ class StudyASHA(ASHAScheduler):
 
 class StudyPBT(PopulationBasedTraining):
     """PBT that never replaces the baseline member's weights or settings: it stays the study's
-    reference, while still serving as a donor when it is in the upper quantile."""
+    reference, while still serving as a donor when it is in the upper quantile.
+
+    Ray keeps PBT's per-member schedule only in memory: after Tuner.restore every member would
+    count from step 0 and be checked at its first evaluation, off the schedule. A restored
+    member (it brings its last result) counts from its last perturbation step instead, the step
+    of the checkpoint it continues from."""
 
     def __init__(self, baseline: dict[str, Any], **kwargs: Any):
         super().__init__(**kwargs)
         self.baseline = baseline
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        super().on_trial_add(tune_controller, trial)
+        step = trial.last_result.get(self._time_attr, 0)
+        interval = self._perturbation_interval
+        self._trial_state[trial].last_perturbation_time = step // interval * interval
 
     def _checkpoint_or_exploit(self, trial, tune_controller, upper_quantile, lower_quantile):
         lower = [t for t in lower_quantile if not is_baseline(t.config, self.baseline)]

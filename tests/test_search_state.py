@@ -3,6 +3,7 @@ windows between Tune's snapshot of the experiment and what Optuna's storage or A
 already hold, made on purpose (a real Optuna SQLite storage, Ray's real ASHA and Trial)."""
 
 import pickle
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -87,6 +88,29 @@ def test_asha_rungs_outlive_the_driver(tmp_path):
     fresh = build_scheduler(SPEC, baseline_params(SPEC), tmp_path / "elsewhere")
     fresh.on_trial_add(None, late)
     assert fresh.on_trial_result(None, late, {"fid": 9.0, "step": 10}) == TrialScheduler.CONTINUE
+
+
+def test_a_restored_pbt_member_keeps_its_perturbation_schedule(tmp_path):
+    spec = parse_spec({
+        "name": "pbt-state", "seed": 0, "searcher": "random",
+        "budget": {"trials": 2, "steps": 100, "eval_every": 10},
+        "scheduler": {"type": "pbt", "perturbation_interval": 20, "quantile_fraction": 0.5,
+                      "mutations": ["lr_g", "lr_d"]},
+        "space": SPEC.model_dump()["space"]}, "test")
+    scheduler = build_scheduler(spec, baseline_params(spec), tmp_path)
+    fresh, restored = trial("fresh", 2e-4), trial("restored", 5e-4)
+    controller = SimpleNamespace(search_alg=None, get_trials=lambda: [fresh, restored])
+    restored.run_metadata.last_result = {"fid": 30.0, "step": 50}  # as Tuner.restore brings it
+    for member in (fresh, restored):
+        scheduler.on_trial_add(controller, member)
+    # Continued from its checkpoint at step 40, the restored member's next evaluation (50) is
+    # no perturbation step: PBT does not look at it (Ray's own PBT would, counting from 0).
+    assert scheduler.on_trial_result(controller, restored, {"fid": 30.0, "step": 50}) == (
+        TrialScheduler.CONTINUE)
+    assert scheduler._trial_state[restored].last_score is None
+    # A new member is looked at on the schedule, at its first perturbation step.
+    scheduler.on_trial_result(controller, fresh, {"fid": 20.0, "step": 20})
+    assert scheduler._trial_state[fresh].last_score is not None
 
 
 def test_checkpoints_deleted_behind_the_snapshot_are_made_again(tmp_path):
