@@ -21,6 +21,26 @@ def grid_image(images: torch.Tensor, nrow: int = 8):
     return Image.fromarray(array)
 
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] (N, C, H, W) -> uint8 (N, H, W, C), rounded as torchvision saves them."""
+    x = images.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).add_(0.5).clamp_(0, 255)
+    return x.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def save_png_folder(images: torch.Tensor, folder: Path, start: int = 0) -> list[Path]:
+    """One PNG per image, numbered (000000.png, ...): the layout image-folder tools read."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, array in enumerate(to_uint8(images).numpy(), start):
+        image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+        path = folder / f"{i:06d}.png"
+        atomic_write(path, lambda f, im=image: im.save(f, format="PNG"))
+        paths.append(path)
+    return paths
+
+
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
     image = grid_image(images, nrow)
     atomic_write(path, lambda f: image.save(f, format="PNG"))

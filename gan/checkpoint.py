@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,14 @@ def load_checkpoint(path: str | Path, full: bool = True) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, wrong file, pickled code: all one answer
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({reason[:200]})") from None
+    except pickle.UnpicklingError:
+        # torch's own message advises loading the file unsafely: never say that of a file
+        # nobody knows
+        raise CheckpointError(f"{path}: not a readable checkpoint (it holds objects other than "
+                              "tensors: not a ganstudy checkpoint)") from None
+    except Exception:
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated, or not a "
+                              "checkpoint file)") from None
     required = TRAINING_KEYS if full else GENERATOR_KEYS
     if not isinstance(state, dict) or any(k not in state for k in required):
         raise CheckpointError(f"{path}: not a ganstudy checkpoint (missing keys)")

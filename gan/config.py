@@ -17,7 +17,8 @@ from gan.errors import ConfigError
 
 Arch = Literal["mlp", "dcgan"]
 LossName = Literal["bce", "ns", "hinge", "lsgan", "wgan"]
-NAMED_DATASETS = ("mnist", "fashion_mnist", "cifar10")
+NAMED_DATASETS = ("mnist", "fashion_mnist", "cifar10", "stacked_mnist")
+MAX_SEED = 2**32 - 1  # what Optuna, numpy and torch all accept
 MAX_YAML_BYTES = 1 << 20
 # An alias is a reference, cheap to load, but whatever walks the result walks it again: ten
 # nested levels of ten aliases each are 10^10 nodes to validate. Configs need few if any.
@@ -31,7 +32,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     # data
-    dataset: str = "mnist"  # mnist | fashion_mnist | cifar10 | folder:<path>
+    dataset: str = "mnist"  # mnist | fashion_mnist | cifar10 | stacked_mnist | folder:<path>
     image_size: Literal[28, 32, 64] = 32
     channels: Literal[1, 3] = 1
     data_dir: str | None = None  # where torchvision datasets live; default: the cache directory
@@ -58,7 +59,7 @@ class TrainConfig(BaseModel):
     steps: int = Field(2000, ge=1)  # length of training, in generator updates
 
     # bookkeeping, all in generator updates
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     log_every: int = Field(50, ge=1)
     sample_every: int = Field(250, ge=1)
     checkpoint_every: int = Field(500, ge=1)
@@ -68,6 +69,10 @@ class TrainConfig(BaseModel):
     eval_every: int = Field(500, ge=0)
     eval_n: int = Field(2000, ge=10, le=100_000)
     final_n: int = Field(10_000, ge=10, le=100_000)
+    # the metrics' feature space: a labelled dataset's classifier, or a label-free encoder
+    # trained on the data itself (folders); auto picks by whether the dataset has labels
+    feature_net: Literal["auto", "classifier", "contrastive", "inception"] = "auto"
+    inception_weights: str | None = None  # the FID Inception file, for feature_net inception
 
     # runtime
     threads: int = Field(0, ge=0)  # torch threads; 0 = every core this process may use
@@ -87,6 +92,12 @@ class TrainConfig(BaseModel):
                 f"dataset: unknown dataset {self.dataset!r}; "
                 f"expected one of {', '.join(NAMED_DATASETS)} or folder:<path>"
             )
+        if (self.inception_weights is None) == (self.feature_net == "inception"):
+            raise ValueError("inception_weights: the FID Inception weights file is needed by "
+                             "feature_net: inception, and by it only")
+        if self.dataset == "stacked_mnist" and self.channels != 3:
+            raise ValueError("channels: stacked_mnist is a colour dataset (a digit per channel); "
+                             "set channels: 3")
         if self.label_smoothing > 0 and self.loss in ("hinge", "wgan"):
             raise ValueError(f"label_smoothing: has no meaning for loss {self.loss!r}")
         if self.checkpoint_every % self.log_every:
@@ -183,14 +194,23 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, str]:
-    """`key=value` strings from the command line; values are converted by TrainConfig's types."""
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` strings from the command line, each value read as a YAML scalar, as it would
+    be in a config file: `32` an int, `1e-3` a float, `true` a bool, `null` None."""
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ConfigError(f"--set {pair}: expected key=value")
-        out[key.strip()] = value.strip()
+        try:
+            parsed = yaml.load(value.strip() or "''", Loader=BoundedSafeLoader)  # noqa: S506
+        except yaml.YAMLError:
+            parsed = None
+        if isinstance(parsed, dict | list) or (parsed is None and value.strip() not in (
+                "null", "~", "Null", "NULL")):
+            raise ConfigError(f"--set {pair}: expected one YAML value (a number, word, true, "
+                              "null or a quoted string), not a list or mapping")
+        out[key.strip()] = parsed
     return out
 
 

@@ -1,5 +1,9 @@
 """Datasets by name, decoded once into one in-memory uint8 tensor and cached on disk.
 
+    python -m gan.data export stacked_mnist --out DIR [--image-size 64] [--n 10000]
+
+writes a dataset's images as a folder of PNGs: an offline image folder to study.
+
 Training draws batches by random index from that tensor: no per-image Python work and no
 DataLoader workers in the hot loop. Images are kept as uint8 (4x less memory than float) and
 mapped to [-1, 1] a batch at a time.
@@ -10,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +29,14 @@ from gan.fileio import atomic_torch_save
 MNIST_DIR = Path(__file__).parent / "assets" / "mnist"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm"}
 CACHE_VERSION = 1
+FOLDER_CACHE_VERSION = 2  # 2: both splits in one file, with the held-out mask
 GREY_DATASETS = ("mnist", "fashion_mnist")
+# Folders: an image is held out (the floor's real sample, never trained on) when its content hash
+# falls in the first HELD_OUT_SHARE of the hash space; folders under MIN_SPLIT images hold none out.
+HELD_OUT_SHARE = 0.1
+MIN_SPLIT = 100
+STACKED_SIZES = {"train": 60_000, "test": 10_000}
+STACKED_SEED = 2017  # Metz et al. 2017, who introduced Stacked MNIST
 
 
 def cache_dir() -> Path:
@@ -99,6 +111,16 @@ def _decode_mnist(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 
+def _decode_stacked_mnist(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three MNIST digits of the split, drawn independently, as the R, G and B channels: 1000
+    modes (label 100 r + 10 g + b), made the same way on every machine."""
+    digits, labels = _decode_mnist(split)
+    rng = np.random.default_rng([STACKED_SEED, 0 if split == "train" else 1])
+    pick = torch.from_numpy(rng.integers(0, len(digits), (STACKED_SIZES[split], 3)))
+    images = digits[pick, 0]  # (N, 3, 28, 28)
+    return images.contiguous(), labels[pick] @ torch.tensor([100, 10, 1])
+
+
 def _decode_torchvision(name: str, split: str, data_dir: Path
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     import torchvision.datasets as tvd
@@ -132,14 +154,25 @@ def _folder_files(root: Path) -> list[Path]:
     return files
 
 
-def _decode_folder(files: list[Path], image_size: int, channels: int) -> torch.Tensor:
+def held_out(content: bytes) -> bool:
+    """The folder's test split, fixed by each file's content: renaming, adding or removing other
+    files never moves an image between the splits."""
+    return int.from_bytes(hashlib.sha256(content).digest()[:8], "big") < HELD_OUT_SHARE * 2**64
+
+
+def _decode_folder(files: list[Path], image_size: int, channels: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images of the folder, centre-cropped and resized, and which of them are held out."""
     from PIL import Image, UnidentifiedImageError
 
     mode = "L" if channels == 1 else "RGB"
     out = np.empty((len(files), image_size, image_size, channels), dtype=np.uint8)
+    test = torch.zeros(len(files), dtype=torch.bool)
     for i, path in enumerate(files):
         try:
-            with Image.open(path) as img:
+            content = path.read_bytes()
+            test[i] = held_out(content) and len(files) >= MIN_SPLIT
+            with Image.open(io.BytesIO(content)) as img:
                 img = img.convert(mode)
                 side = min(img.size)
                 left, top = (img.width - side) // 2, (img.height - side) // 2
@@ -148,27 +181,45 @@ def _decode_folder(files: list[Path], image_size: int, channels: int) -> torch.T
                 out[i] = np.asarray(img).reshape(image_size, image_size, channels)
         except (OSError, UnidentifiedImageError) as err:
             raise DatasetError(f"folder: cannot read image {path}: {err}") from None
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), test
 
 
 def _cache_key(dataset: str, split: str, image_size: int, channels: int) -> tuple[str, list]:
     if not dataset.startswith("folder:"):
         return f"{dataset}-{split}-{image_size}px-{channels}ch-v{CACHE_VERSION}", []
-    root = Path(dataset.removeprefix("folder:")).expanduser().resolve()
+    root = folder_root(dataset)
     files = _folder_files(root)
     # The key changes whenever a file is added, removed or rewritten.
     h = hashlib.sha1(str(root).encode())
     for p in files:
         st = p.stat()
         h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return f"folder-{h.hexdigest()[:16]}-{image_size}px-{channels}ch-v{CACHE_VERSION}", files
+    # Both splits live in one file (the split is a per-image mask), so the key has no split.
+    return f"folder-{h.hexdigest()[:16]}-{image_size}px-{channels}ch-v{FOLDER_CACHE_VERSION}", files
+
+
+def data_hash(data: ImageData) -> str:
+    """A hash of the images themselves (their bytes and shape): what keys anything derived from
+    a folder's content, whatever its path."""
+    h = hashlib.sha256(f"{tuple(data.images.shape)}".encode())
+    h.update(data.images.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def folder_root(dataset: str) -> Path:
+    return Path(dataset.removeprefix("folder:")).expanduser().resolve()
+
+
+def stored_channels(dataset: str, channels: int) -> int:
+    """Channels a dataset is kept in: grey sources stay grey whatever the model's channels."""
+    return 1 if dataset in GREY_DATASETS else channels
 
 
 def check_available(dataset: str) -> None:
     """Fail fast, before any work starts, when a folder dataset is missing or holds no images.
     (Named datasets are checked when loaded: mnist ships, torchvision's may download.)"""
     if dataset.startswith("folder:"):
-        _folder_files(Path(dataset.removeprefix("folder:")).expanduser().resolve())
+        _folder_files(folder_root(dataset))
 
 
 def load_images(dataset: str, image_size: int, channels: int, split: str = "train",
@@ -176,28 +227,75 @@ def load_images(dataset: str, image_size: int, channels: int, split: str = "trai
     """Decode a dataset once (then load it from the on-disk cache) at the given size/channels."""
     if split not in ("train", "test"):
         raise DatasetError(f"{dataset}: unknown split {split!r}")
-    # Grey sources are stored with one channel whatever the model's channels.
-    stored = 1 if dataset in GREY_DATASETS else channels
+    stored = stored_channels(dataset, channels)
     key, files = _cache_key(dataset, split, image_size, stored)
     path = cache_dir() / f"{key}.pt"
+    cached = None
     if path.exists():
         try:
             cached = torch.load(path, weights_only=True)
-            return ImageData(cached["images"], cached.get("labels"), channels)
         except Exception:  # a cache file is disposable: decode again and overwrite it
-            pass
+            cached = None
+    if cached is None:
+        cached = _decode(dataset, split, image_size, stored, files, data_dir)
+        # An unwritable cache costs only speed: the decoded data in memory is good.
+        with contextlib.suppress(OSError):
+            atomic_torch_save(cached, path)
+    if "test" in cached:  # a folder: both splits, one mask
+        mask = cached["test"] if split == "test" else ~cached["test"]
+        return ImageData(cached["images"][mask], None, channels)
+    return ImageData(cached["images"], cached.get("labels"), channels)
 
+
+def _decode(dataset: str, split: str, image_size: int, stored: int, files: list[Path],
+            data_dir: str | None) -> dict[str, torch.Tensor | None]:
+    if dataset.startswith("folder:"):
+        images, test = _decode_folder(files, image_size, stored)
+        return {"images": images, "test": test}
     if dataset == "mnist":
         images, labels = _decode_mnist(split)
-    elif dataset.startswith("folder:"):
-        images, labels = _decode_folder(files, image_size, stored), None
+    elif dataset == "stacked_mnist":
+        images, labels = _decode_stacked_mnist(split)
     else:
         root = Path(data_dir).expanduser() if data_dir else cache_dir() / "torchvision"
         images, labels = _decode_torchvision(dataset, split, root)
-    images = _convert(images, image_size, stored)
+    return {"images": _convert(images, image_size, stored), "labels": labels}
 
-    # An unwritable cache costs only speed: the decoded data in memory is good.
-    with contextlib.suppress(OSError):
-        atomic_torch_save({"images": images, "labels": labels}, path)
-    return ImageData(images, labels, channels)
 
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    from gan.artifacts import save_png_folder
+    from gan.config import NAMED_DATASETS
+    from gan.train import OneLineParser
+
+    parser = OneLineParser(prog="python -m gan.data", description="Dataset tools.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    export = sub.add_parser("export", help="write a dataset's images as numbered PNG files")
+    export.add_argument("dataset", choices=NAMED_DATASETS)
+    export.add_argument("--out", required=True, type=Path, help="folder to write")
+    export.add_argument("--image-size", type=int, default=64, choices=(28, 32, 64))
+    export.add_argument("--n", type=int, default=10_000, help="images, the split's first n")
+    export.add_argument("--split", default="train", choices=("train", "test"))
+    args = parser.parse_args(argv)
+    if args.n < 1:
+        parser.error("--n must be >= 1")
+    if args.out.exists() and any(args.out.iterdir()):
+        print(f"error: {args.out}: not empty; choose a new folder", file=sys.stderr)
+        return 2
+    channels = 3 if args.dataset in ("stacked_mnist", "cifar10") else 1
+    try:
+        data = load_images(args.dataset, args.image_size, channels, split=args.split)
+        n = min(args.n, len(data))
+        for start in range(0, n, 1000):
+            save_png_folder(data.batch(torch.arange(start, min(n, start + 1000))), args.out, start)
+    except DatasetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.out}: {n} images of {args.dataset} ({args.split}), {args.image_size} px")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

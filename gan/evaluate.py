@@ -1,10 +1,12 @@
 """Score a generator, or real test images, with the project's one evaluation protocol.
 
     python -m gan.evaluate --checkpoint DIR/checkpoint.pt [--n 10000]
-    python -m gan.evaluate --real [--dataset mnist] [--image-size 28] [--n 10000]
+    python -m gan.evaluate --real [--dataset mnist] [--image-size 28] [--channels 1] [--n 10000]
 
-Prints one JSON object: every metric, the real-data floor (`*_floor`: the test split scored the
-same way against the training split), N and the feature network's `classifier_accuracy`.
+Prints one JSON object: every metric, the real-data floor (`*_floor`: the test split, or a
+folder's held-out images, scored the same way against the training split), N, the feature space
+and, for a classifier, its test `classifier_accuracy`. A folder's label-free feature network is
+trained first if it is not cached yet.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from pathlib import Path
 import torch
 
 from gan.checkpoint import load_generator
-from gan.data import load_images
+from gan.config import make_config
 from gan.errors import GanError
 from gan.metrics.evaluate import REFERENCE_SEED, Evaluator
+from gan.metrics.spaces import KINDS
 from gan.train import OneLineParser, sample_latent
 
 
@@ -31,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="mnist", help="with --real")
     parser.add_argument("--image-size", type=int, default=28, choices=(28, 32, 64),
                         help="with --real")
+    parser.add_argument("--channels", type=int, default=1, choices=(1, 3), help="with --real")
+    parser.add_argument("--feature-net", default="auto", choices=KINDS,
+                        help="with --real: the feature space (default: auto)")
+    parser.add_argument("--inception-weights", metavar="FILE",
+                        help="with --real --feature-net inception: the FID Inception weights")
     parser.add_argument("--seed", type=int, help="latent seed (default: the run's seed)")
     args = parser.parse_args(argv)
     if not 10 <= args.n <= 100_000:
@@ -38,14 +46,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.checkpoint:
             generator, cfg = load_generator(args.checkpoint)
-            evaluator = Evaluator(cfg.dataset, cfg.image_size)
+            evaluator = Evaluator.of(cfg)
             seed = cfg.seed if args.seed is None else args.seed
-            scores = evaluator.score_generator(
-                generator, lambda k, rng: sample_latent(k, cfg, "cpu", rng), args.n, seed)
+            scores = evaluator.score_generator(generator, lambda k, rng: sample_latent(
+                k, cfg, "cpu", rng), min(args.n, evaluator.max_n), seed)
         else:
-            evaluator = Evaluator(args.dataset, args.image_size)
-            test = load_images(args.dataset, args.image_size, 1, split="test")
-            n = min(args.n, len(test))
+            evaluator = Evaluator.of(make_config({
+                "dataset": args.dataset, "image_size": args.image_size,
+                "channels": args.channels, "feature_net": args.feature_net,
+                "inception_weights": args.inception_weights}, "--real"))
+            test = evaluator.test_images()
+            n = min(args.n, evaluator.max_n)
             pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(
                 REFERENCE_SEED if args.seed is None else args.seed))
             scores = {**evaluator.score_images(test.batch(pick[:n])), "n": n}
@@ -54,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     except GanError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps({**scores, **floor, "classifier_accuracy": accuracy}))
+    print(json.dumps({**scores, **floor, "feature_net": evaluator.space.kind,
+                      "classifier_accuracy": accuracy}))
     return 0
+
 
 
 if __name__ == "__main__":

@@ -33,3 +33,8 @@ def _clock(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     h, m = divmod(m, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def note(line: str) -> None:
+    """A line for the person watching, on stderr: stdout stays for results."""
+    print(line, file=sys.stderr, flush=True)

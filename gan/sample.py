@@ -1,9 +1,15 @@
 """Sample from a trained generator.
 
-    python -m gan.sample --checkpoint DIR/checkpoint.pt --n 64 --out grid.png [--interpolate 12]
+    python -m gan.sample --checkpoint DIR/checkpoint.pt --n 64 --out grid.png [--seed 0]
+    python -m gan.sample --checkpoint DIR/best.pt --n 10000 --out samples/     # 10000 PNG files
+    python -m gan.sample --checkpoint DIR/best.pt --n 10000 --out samples.npz  # uint8 NHWC array
+    python -m gan.sample --checkpoint DIR/checkpoint.pt --n 72 --out walk.png --interpolate 12
 
-Without --interpolate: a grid of n samples. With --interpolate K: n // K rows, each walking the
-latent space from one random point to another in K images (spherical for normal latents).
+The output's form follows --out: a `.png` file is one grid; a directory (an existing one, or a
+path ending in `/`) receives n numbered PNG files, the layout external scorers (torch-fidelity,
+clean-fid) read; a `.npz` file holds the n images as one uint8 array `images` (N, H, W, C).
+With --interpolate K (a grid only): n // K rows, each walking the latent space from one random
+point to another in K images (spherical for normal latents).
 """
 
 from __future__ import annotations
@@ -12,13 +18,15 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from gan.artifacts import save_grid
+from gan.artifacts import save_grid, save_png_folder, to_uint8
 from gan.checkpoint import load_generator
 from gan.config import TrainConfig
 from gan.errors import GanError
+from gan.fileio import atomic_write
 from gan.train import OneLineParser, generate, sample_latent
 
 
@@ -46,22 +54,33 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python -m gan.sample", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, type=Path)
     parser.add_argument("--n", type=int, default=64, help="number of images")
-    parser.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    parser.add_argument("--out", required=True,
+                        help="grid.png, a directory for numbered PNGs, or images.npz")
     parser.add_argument("--interpolate", type=int, metavar="K", help="K images per row")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.n < 1 or (args.interpolate is not None and args.interpolate < 2):
         parser.error("--n must be >= 1 and --interpolate >= 2")
+    out = Path(args.out)
+    form = ("folder" if args.out.endswith(("/", "\\")) or out.is_dir()
+            else {".png": "grid", ".npz": "npz"}.get(out.suffix.lower()))
+    if form is None or (args.interpolate and form != "grid"):
+        what = "a grid" if args.interpolate else "the samples"
+        print(f"error: --out {args.out}: write {what} to a .png file"
+              + ("" if args.interpolate else ", a directory (ending in /) or a .npz file"),
+              file=sys.stderr)
+        return 2
     try:
         generator, cfg = load_generator(args.checkpoint)
         torch.manual_seed(args.seed)
         if args.interpolate:
             rows = max(1, args.n // args.interpolate)
             images = generate(generator, interpolation_latents(rows, args.interpolate, cfg))
-            save_grid(images, args.out, nrow=args.interpolate)
+            save_grid(images, out, nrow=args.interpolate)
         else:
-            images = generate(generator, sample_latent(args.n, cfg, "cpu"))
-            save_grid(images, args.out, nrow=math.ceil(math.sqrt(args.n)))
+            images = torch.cat([generate(generator, sample_latent(min(500, args.n - i), cfg, "cpu"))
+                                for i in range(0, args.n, 500)])
+            write_samples(images, out, form)
     except GanError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -70,6 +89,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(args.out)
     return 0
+
+
+def write_samples(images: Tensor, out: Path, form: str) -> None:
+    if form == "grid":
+        save_grid(images, out, nrow=math.ceil(math.sqrt(len(images))))
+    elif form == "folder":
+        save_png_folder(images, out)
+    else:
+        array = to_uint8(images).numpy()
+        atomic_write(out, lambda f: np.savez_compressed(f, images=array))
 
 
 if __name__ == "__main__":

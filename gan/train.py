@@ -21,9 +21,9 @@ from torch import Tensor
 
 from gan.artifacts import plot_losses, save_grid, write_progress_gif
 from gan.checkpoint import checkpoint_config, load_checkpoint, load_generator, save_checkpoint
-from gan.config import TrainConfig, load_config, make_config, parse_overrides, read_yaml
+from gan.config import TrainConfig, make_config, parse_overrides, read_yaml
 from gan.data import load_images
-from gan.errors import ConfigError, DivergedError, GanError, InjectedFault
+from gan.errors import ConfigError, DatasetError, DivergedError, GanError, InjectedFault
 from gan.fileio import atomic_write_text, read_jsonl, write_jsonl
 from gan.losses import LOSSES, gradient_penalty
 from gan.metrics.evaluate import Evaluator
@@ -124,7 +124,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     state = resume_state(cfg, out_dir, may_change) if resume else None
     device = select_device(cfg.device)
     data = load_images(cfg.dataset, cfg.image_size, cfg.channels, data_dir=cfg.data_dir).to(device)
-    evaluator = Evaluator(cfg.dataset, cfg.image_size, device) if cfg.eval_every else None
+    evaluator = None
+    if cfg.eval_every:
+        try:
+            evaluator = Evaluator.of(cfg, device)
+        except DatasetError as err:
+            raise DatasetError(f"{err} (to train without scores, set eval_every: 0)") from None
     prepare_out_dir(out_dir, resume)
 
     torch.set_num_threads(cfg.torch_threads)
@@ -250,9 +255,11 @@ def final_score(evaluator: Evaluator, out_dir: Path, device: torch.device) -> di
     """The run's result: its best checkpoint re-scored with final_n samples, floor beside it."""
     G, cfg = load_generator(out_dir / "best.pt", device)
     step = load_checkpoint(out_dir / "best.pt", full=False)["step"]
+    # As many samples as the floor has real images: FID's bias depends on N.
+    n = min(cfg.final_n, evaluator.max_n)
     scores = evaluator.score_generator(
-        G, lambda k, rng: sample_latent(k, cfg, device, rng), cfg.final_n, cfg.seed)
-    result = {"best_step": step, **scores, **evaluator.floor(cfg.final_n)}
+        G, lambda k, rng: sample_latent(k, cfg, device, rng), n, cfg.seed)
+    result = {"best_step": step, **scores, **evaluator.floor(n)}
     atomic_write_text(out_dir / "result.json", json.dumps(result, indent=2) + "\n")
     return result
 
@@ -269,17 +276,24 @@ def generate(G: torch.nn.Module, z: Tensor) -> Tensor:
 
 def resolve_config(config: str | None, sets: list[str], out_dir: Path, resume: bool,
                    smoke: bool) -> TrainConfig:
-    """Defaults < YAML < --set; on resume the checkpoint's config < YAML < --set."""
-    if not resume:
-        cfg = load_config(config, sets)
-    else:
+    """Defaults < YAML < --smoke's sizes < --set; on resume the checkpoint's config comes first.
+
+    --smoke shrinks the run, not the user's choices: an explicit --set wins over it, and so does
+    a config's `eval_every: 0` (no scores is a choice, not a size)."""
+    values = read_yaml(config) if config else {}
+    source = str(config) if config else "config"
+    if resume:
         path = out_dir / "checkpoint.pt"
-        saved = checkpoint_config(load_checkpoint(path), path)
-        explicit = {**(read_yaml(config) if config else {}), **parse_overrides(sets)}
-        cfg = make_config({**saved.model_dump(), **explicit}, f"{path} with overrides")
+        values = {**checkpoint_config(load_checkpoint(path), path).model_dump(), **values}
+        source = f"{path} with overrides"
     if smoke:
-        cfg = make_config({**cfg.model_dump(), **SMOKE}, "--smoke")
-    return cfg
+        values.update({k: v for k, v in SMOKE.items()
+                       if not (k == "eval_every" and values.get("eval_every") == 0)})
+        source += " with --smoke"
+    overrides = parse_overrides(sets)
+    if overrides:
+        source += " with --set " + " ".join(overrides)
+    return make_config({**values, **overrides}, source)
 
 
 class OneLineParser(argparse.ArgumentParser):

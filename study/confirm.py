@@ -59,5 +59,16 @@ def verdict(table: pd.DataFrame, spec: StudySpec) -> str:
         return f"best beats baseline by more than their spreads ({text})"
     if gap > 0:
         return f"best is ahead of baseline, but within their spreads: not a claim ({text})"
-    return f"best does not beat the baseline ({text})"
+    return (f"the baseline wins: the search's best does not beat it over new seeds ({text}); "
+            "best_config.yaml holds the baseline")
+
+
+def best_choice(table: pd.DataFrame | None, spec: StudySpec) -> str:
+    """Which configuration best_config.yaml holds, and why: one line for people."""
+    if table is None or table.empty:
+        return f"the search's best trial by final {spec.metric}"
+    label = table.iloc[0]["label"]
+    who = "the baseline (the reference configuration)" if label == "baseline" else label
+    return (f"{who}: the best mean final {spec.metric} over the confirmation's "
+            f"{int(table.iloc[0]['n'])} seeds, its best seed's run")
 

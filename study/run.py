@@ -7,6 +7,7 @@ best_config.yaml, best_generator.pt in the study directory (default runs/<name>/
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -22,13 +23,15 @@ from typing import Any
 
 import yaml
 
-from gan.data import check_available
+from gan.config import make_config
+from gan.data import check_available, folder_root
 from gan.errors import ConfigError, DatasetError, GanError
 from gan.fileio import atomic_write_text
-from gan.metrics.features import weights_path
+from gan.metrics.evaluate import Evaluator
 from gan.train import OneLineParser
+from study.confirm import best_choice
 from study.space import baseline_params, hyperparameters, tune_param_space
-from study.spec import Asha, Pbt, StudySpec, load_spec, parse_spec
+from study.spec import Asha, Pbt, StudySpec, load_spec, parse_spec, trial_values
 from study.state import STATE_FILE, Experiment, Placement, StudyState, load_state
 
 SMOKE_FIXED = {"width": 8, "batch_size": 32, "eval_n": 200, "final_n": 300}
@@ -100,18 +103,23 @@ TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "
 
 
 def validate(spec_path: Path, smoke: bool, out: Path | None, tracking_uri: str | None,
-             trials: int | None = None) -> tuple[StudySpec, Path]:
-    """Everything that can reject the input, before Ray starts and before anything is written."""
+             trials: int | None = None, dataset: str | None = None) -> tuple[StudySpec, Path]:
+    """Everything that can reject the input, before Ray starts and before anything is written
+    (but the caches: a folder's decoded images and label-free feature network)."""
     spec = load_spec(spec_path)
+    if dataset is not None:
+        spec = with_dataset(spec, dataset, spec_path)
+    if spec.dataset.startswith("folder:"):  # trials run in folders of their own: no relative path
+        spec = with_dataset(spec, f"folder:{folder_root(spec.dataset)}", spec_path)
     if smoke:
         spec = smoke_spec(spec)
     if trials is not None:
         spec = with_trials(spec, trials, spec_path)
-    check_ready(spec, spec_path)
     study_dir = out or Path("runs") / spec.name
     if (study_dir / "spec.yaml").exists():
         raise ConfigError(f"{study_dir}: already holds a study; continue it with --resume, or "
                           "choose another --out")
+    check_ready(spec, spec_path)
     check_writable(study_dir)
     if tracking_uri is not None and tracking_uri.split(":", 1)[0].split("+")[0] not in (
             TRACKING_SCHEMES):
@@ -121,14 +129,32 @@ def validate(spec_path: Path, smoke: bool, out: Path | None, tracking_uri: str |
 
 
 def check_ready(spec: StudySpec, spec_path: Path) -> None:
-    """The data and the feature network are here, and the baseline fits the space."""
+    """The data is here, the baseline fits the space, and its samples can be scored: the feature
+    space is made here, once, before any trial (a folder's label-free network is trained now,
+    not by every trial at once), and with it the cached real-data reference."""
     try:
         check_available(spec.dataset)
-        weights_path(spec.dataset)  # no feature network, no metric
-        baseline_params(spec)  # the reference configuration must be expressible in the space
+        baseline = baseline_params(spec)  # the reference configuration must fit the space
+        cfg = make_config(trial_values(spec, baseline), f"{spec_path}: baseline")
+        _scorable(cfg.dataset, cfg.image_size, cfg.channels, cfg.feature_net,
+                  cfg.inception_weights)
     except GanError as err:
         raise ConfigError(f"{spec_path}: dataset: {err}" if isinstance(err, DatasetError)
                           else f"{spec_path}: {err}") from None
+
+
+@functools.lru_cache(maxsize=16)
+def _scorable(dataset: str, image_size: int, channels: int, feature_net: str,
+              inception_weights: str | None) -> None:
+    """Once per process and evaluation setting: its feature space and reference are on disk."""
+    Evaluator(dataset, image_size, "cpu", channels, feature_net,
+              inception_weights=inception_weights)
+
+
+def with_dataset(spec: StudySpec, dataset: str, source: Any) -> StudySpec:
+    data = spec.model_dump()
+    data["dataset"] = dataset
+    return parse_spec(data, f"{source} with --dataset {dataset}")
 
 
 def with_trials(spec: StudySpec, trials: int, source: Any) -> StudySpec:
@@ -224,14 +250,13 @@ def run_study(spec: StudySpec, place: Placement, spec_text: str, spec_path: str 
     from study.summary import leaderboard, trial_rows, write_outputs
     from study.tracking import StudyTracker
 
-    t0 = time.time()
     start_ray(place.address)
     check_resources(spec, spec_path)  # against the live cluster: the last check, still unwritten
     study_dir = place.study_dir
     study_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(study_dir / "spec.yaml", spec_text)
     state = state or StudyState(place)
-    state.save()
+    state.begin_session()
     baseline = baseline_params(spec)
     tracker = StudyTracker(spec, study_dir, place.tracking_uri, baseline)
     interrupts = Interrupts()
@@ -248,9 +273,11 @@ def run_study(spec: StudySpec, place: Placement, spec_text: str, spec_path: str 
             out.update(confirm_runs=runs, confirm_table=table, verdict=verdict(table, spec))
         if interrupts.received:
             raise StudyInterrupted("the study's last steps")
-    out["best"] = write_outputs(rows, spec, study_dir, out["confirm_runs"], out["confirm_table"])
-    out["wall_s"] = time.time() - t0
-    tracker.finish(out["wall_s"], out["best"], [study_dir / name for name in (
+    out["best"] = write_outputs(rows, spec, study_dir, out["confirm_runs"], out["confirm_table"],
+                                best_choice(out["confirm_table"], spec))
+    state.save()
+    out["sessions"] = list(state.sessions)
+    tracker.finish(state.sessions, out["best"], [study_dir / name for name in (
         "summary.csv", "confirmation.csv", "best_config.yaml")])
     return out
 
@@ -467,7 +494,10 @@ def print_report(out: dict[str, Any], spec: StudySpec, study_dir: Path,
     columns = [c for c in rows.columns if c.startswith("param_")] + [
         "fid", "kid", "precision", "recall", "steps", "status"]
     board = leaderboard(rows, spec)
-    print(f"\nstudy {spec.name}: {len(rows)} trials in {out['wall_s'] / 60:.1f} min; "
+    sessions = out["sessions"]
+    each = (f" over {len(sessions)} sessions ({' + '.join(f'{t / 60:.1f}' for t in sessions)})"
+            if len(sessions) > 1 else "")
+    print(f"\nstudy {spec.name}: {len(rows)} trials in {sum(sessions) / 60:.1f} min{each}; "
           + ", ".join(f"{n} {s}" for s, n in rows["status"].value_counts().items()))
     print("\ntop 5 by final", spec.metric)
     print(board[columns].head(5).to_string(index=False))
@@ -481,7 +511,8 @@ def print_report(out: dict[str, Any], spec: StudySpec, study_dir: Path,
         print(out["verdict"])
     if out["best"] is not None:
         print(f"\nbest generator: {study_dir / 'best_generator.pt'}")
-        print(f"best config:    {study_dir / 'best_config.yaml'}")
+        print(f"best config:    {study_dir / 'best_config.yaml'}\n"
+              f"                ({best_choice(out['confirm_table'], spec)})")
     print(f"\nMLflow: experiment {spec.name!r} at {tracking_uri}; to browse it:\n"
           f"  {ui_command(tracking_uri)}")
 
@@ -495,6 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true",
                         help="continue the study in its directory: finished trials are kept, "
                         "unfinished ones continue from their last checkpoint")
+    parser.add_argument("--dataset", help="the dataset to study instead of the spec's, e.g. "
+                        "folder:path/to/images (a new study only)")
     parser.add_argument("--trials", type=int, help="number of search trials (overrides "
                         "budget.trials; with --resume, extends a study to this many)")
     parser.add_argument("--mlflow-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
@@ -514,13 +547,16 @@ def main(argv: list[str] | None = None) -> int:
     study_dir = None
     try:
         if args.resume:
+            if args.dataset is not None:
+                raise ConfigError("--dataset: a resumed study keeps its dataset (spec.yaml)")
             study_dir = study_dir_of(args.spec, args.smoke, args.out)
             spec, state = validate_resume(study_dir, args.trials, args.mlflow_uri, args.storage,
                                           address)
             place = state.place
         else:
             uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
-            spec, study_dir = validate(args.spec, args.smoke, args.out, uri, args.trials)
+            spec, study_dir = validate(args.spec, args.smoke, args.out, uri, args.trials,
+                                       args.dataset)
             from study.tracking import default_tracking_uri  # imports MLflow: after validation
 
             place = Placement(study_dir, uri or default_tracking_uri(study_dir),

@@ -12,6 +12,7 @@ import optuna
 
 from gan.config import TrainConfig
 from gan.errors import ConfigError
+from study.runnable import active
 from study.spec import CategoricalParam, FloatParam, IntParam, StudySpec
 
 # The seed tutorials' reference configuration (Radford et al. 2015; pytorch/examples).
@@ -19,19 +20,11 @@ REFERENCE = {"lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5, "beta2": 0.999, "latent_d
              "d_steps": 1, "g_steps": 1, "loss": "ns"}
 
 
-def _active(when: dict | None, params: dict[str, Any]) -> bool:
-    for key, allowed in (when or {}).items():
-        allowed = allowed if isinstance(allowed, list) else [allowed]
-        if key not in params or params[key] not in allowed:
-            return False
-    return True
-
-
 def suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
     """Sample one trial's hyperparameters, in the order the spec lists them."""
     params: dict[str, Any] = {}
     for key, p in spec.space.items():
-        if not _active(p.when, params):
+        if not active(p.when, params):
             continue
         if isinstance(p, FloatParam):
             params[key] = trial.suggest_float(key, p.low, p.high, log=p.log)
@@ -70,7 +63,7 @@ def baseline_params(spec: StudySpec) -> dict[str, Any]:
     defaults = TrainConfig().model_dump()
     params: dict[str, Any] = {}
     for key, p in spec.space.items():
-        if not _active(p.when, params):
+        if not active(p.when, params):
             continue
         value = REFERENCE.get(key, defaults[key])
         if isinstance(p, CategoricalParam) and value not in p.choices:
@@ -103,7 +96,7 @@ class _WhenActive:
         self.when, self.domain = when, domain
 
     def __call__(self, spec) -> Any:
-        return self.domain.sample() if _active(self.when, dict(spec.config)) else None
+        return self.domain.sample() if active(self.when, dict(spec.config)) else None
 
 
 def tune_domain(p: FloatParam | IntParam | CategoricalParam):

@@ -12,8 +12,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gan.config import NAMED_DATASETS, TrainConfig, make_config, one_line_error, read_yaml
+from gan.config import (
+    MAX_SEED,
+    NAMED_DATASETS,
+    TrainConfig,
+    make_config,
+    one_line_error,
+    read_yaml,
+)
 from gan.errors import ConfigError
+from study.runnable import check_runnable
 
 METRICS = {"fid": "min", "kid": "min", "precision": "max", "recall": "max", "modes": "max",
            "mode_kl": "min", "classifier_score": "max"}
@@ -23,7 +31,8 @@ Scalar = str | int | float | bool
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: `trials: true` or `steps: "40"` is a mistake, not a 1 or a 40
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class _Param(Strict):
@@ -124,11 +133,13 @@ UNION_TAGS = frozenset({"float", "int", "categorical", "asha", "pbt", "none", "t
 
 
 class StudySpec(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    # one safe path component: the study directory and the MLflow experiment are named by it
+    name: str = Field(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$", max_length=100)
     dataset: str = "mnist"
     metric: Literal[tuple(METRICS)] = "fid"  # type: ignore[valid-type]
     mode: Literal["min", "max"] | None = None  # default: the metric's natural direction
-    seed: int = 0
+    # the confirmation's seeds (seed + 1000 + i) and extensions' samplers (seed + k) stay in range
+    seed: int = Field(0, ge=0, le=MAX_SEED - 2000)
     budget: Budget
     scheduler: Annotated[Asha | Pbt | NoScheduler, Field(discriminator="type")] = NoScheduler(
         type="none")
@@ -154,6 +165,16 @@ class StudySpec(Strict):
                              "startup_trials: 5}")
         return value
 
+    @field_validator("scheduler", mode="before")
+    @classmethod
+    def _scheduler_by_name(cls, value: Any) -> Any:
+        if isinstance(value, str):  # `scheduler: none` for short; asha and pbt need settings
+            return {"type": value}
+        if not isinstance(value, dict):
+            raise ValueError("expected none, asha, pbt, or a mapping such as {type: asha, "
+                             "grace_period: 100}")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> StudySpec:
         if self.dataset not in NAMED_DATASETS and not self.dataset.startswith("folder:"):
@@ -172,14 +193,19 @@ class StudySpec(Strict):
         seen: dict[str, Param] = {}
         for key, param in self.space.items():
             for cond_key, values in (param.when or {}).items():
+                where = f"space.{key}.when.{cond_key}"
                 if cond_key not in seen:
-                    raise ValueError(f"space.{key}.when.{cond_key}: not a parameter defined "
-                                     "earlier in space")
-                allowed = getattr(seen[cond_key], "choices", None)
-                for v in values if isinstance(values, list) else [values]:
-                    if allowed is not None and v not in allowed:
-                        raise ValueError(f"space.{key}.when.{cond_key}: {v!r} is not one of "
-                                         f"{allowed}")
+                    raise ValueError(f"{where}: not a parameter defined earlier in space")
+                if not isinstance(seen[cond_key], CategoricalParam):
+                    raise ValueError(f"{where}: a condition needs a categorical parameter "
+                                     "(a float or int range almost never takes one value)")
+                values = values if isinstance(values, list) else [values]
+                if not values:
+                    raise ValueError(f"{where}: an empty list never holds")
+                for v in values:
+                    if v not in seen[cond_key].choices:
+                        raise ValueError(f"{where}: {v!r} is not one of "
+                                         f"{seen[cond_key].choices}")
             seen[key] = param
         if isinstance(self.scheduler, Pbt):
             for key in self.scheduler.mutations:
@@ -215,12 +241,13 @@ def _log_every(eval_every: int) -> int:
 
 
 def _check_values(spec: StudySpec, source: str) -> None:
-    """Every fixed value, range end and choice must make a valid TrainConfig."""
+    """Every fixed value, range end and choice makes a valid TrainConfig alone (the key named),
+    and every configuration the space can produce does too (both keys named)."""
     base = trial_values(spec, {})
     make_config(base, f"{source}: fixed")
     for key, param in spec.space.items():
-        values = param.choices if isinstance(param, CategoricalParam) else [param.low, param.high]
-        for i, value in enumerate(values):
+        for i, value in enumerate(param.choices if isinstance(param, CategoricalParam)
+                                  else [param.low, param.high]):
             where = f"space.{key}.choices[{i}]" if isinstance(param, CategoricalParam) else (
                 f"space.{key}.{'low' if i == 0 else 'high'}")
             try:
@@ -228,6 +255,7 @@ def _check_values(spec: StudySpec, source: str) -> None:
             except ConfigError as err:
                 detail = str(err).split(": ", 2)[-1]
                 raise ConfigError(f"{source}: {where}: {detail}") from None
+    check_runnable(spec.space, base, source)
 
 
 def parse_spec(data: dict[str, Any], source: str) -> StudySpec:

@@ -5,6 +5,7 @@ done once it has finished. Written atomically to <study dir>/study.json at every
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,11 +39,27 @@ class Experiment:
 class StudyState:
     place: Placement
     experiments: list[Experiment] = field(default_factory=list)
+    # wall seconds of each session that ran the study (a resume is a new session); the current
+    # one is brought up to date at every save, so a killed session keeps most of its time
+    sessions: list[float] = field(default_factory=list)
+    _started: float | None = None
+
+    def begin_session(self) -> None:
+        self.sessions.append(0.0)
+        self._started = time.time()
+        self.save()
+
+    @property
+    def wall_s(self) -> float:
+        return sum(self.sessions)
 
     def save(self) -> None:
+        if self._started is not None:
+            self.sessions[-1] = time.time() - self._started
         place = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.place).items()}
         atomic_write_text(self.place.study_dir / STATE_FILE, json.dumps(
-            {**place, "experiments": [asdict(e) for e in self.experiments]}, indent=2) + "\n")
+            {**place, "experiments": [asdict(e) for e in self.experiments],
+             "sessions": [round(t, 3) for t in self.sessions]}, indent=2) + "\n")
 
     def of_phase(self, phase: str) -> list[Experiment]:
         return [e for e in self.experiments if e.phase == phase]
@@ -70,6 +87,7 @@ def load_state(study_dir: Path) -> StudyState:
         place = Placement(Path(data["study_dir"]), data["tracking_uri"], data["storage"],
                           data["address"])
         experiments = [Experiment(**e) for e in data.get("experiments", [])]
+        sessions = [float(t) for t in data.get("sessions", [])]
     except (ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"{path}: not a study record ({type(err).__name__}: {err})") from None
-    return StudyState(place, experiments)
+    return StudyState(place, experiments, sessions)

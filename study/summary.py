@@ -92,10 +92,11 @@ def best_train_config(spec: StudySpec, row: pd.Series) -> dict[str, Any]:
 
 def write_outputs(rows: pd.DataFrame, spec: StudySpec, study_dir: Path,
                   confirm_runs: pd.DataFrame | None = None,
-                  confirm_table: pd.DataFrame | None = None) -> pd.Series | None:
+                  confirm_table: pd.DataFrame | None = None, why: str = "") -> pd.Series | None:
     """summary.csv (and confirmation.csv) always; best_config.yaml and best_generator.pt when a
     trial completed. With a confirmation phase, the best configuration is the best mean over
-    seeds, and its generator the best of its confirmation runs."""
+    seeds, and its generator the best of its confirmation runs. `why` heads best_config.yaml as
+    a comment: which configuration it is, and why."""
     atomic_write_text(study_dir / "summary.csv", rows.drop(columns=["path"]).to_csv(index=False))
     if confirm_runs is not None:
         atomic_write_text(study_dir / "confirmation.csv",
@@ -109,7 +110,9 @@ def write_outputs(rows: pd.DataFrame, spec: StudySpec, study_dir: Path,
         return None
     best = board.iloc[0]
     config = best_train_config(spec, best)
-    atomic_write_text(study_dir / "best_config.yaml", yaml.safe_dump(config, sort_keys=False))
+    header = f"# {why}\n" if why else ""
+    atomic_write_text(study_dir / "best_config.yaml",
+                      header + yaml.safe_dump(config, sort_keys=False))
     shutil.copy2(Path(best["path"]) / "best.pt", study_dir / "best_generator.pt")
     return best
 

@@ -12,6 +12,7 @@ and the generator of its best checkpoint as an MLflow PyTorch model.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -27,6 +28,7 @@ from mlflow.entities import Metric, Param
 from PIL import Image
 
 from gan.config import make_config
+from gan.errors import ConfigError
 from study.space import distributions, hyperparameters, is_baseline
 from study.spec import StudySpec, trial_values
 
@@ -193,7 +195,12 @@ class StudyTracker:
                   "searched": ",".join(params)})
         rid = run.info.run_id
         # Every TrainConfig field of the trial, under its YAML name; searched ones are tagged.
-        full = make_config(values, "trial config").model_dump()
+        # A config that cannot be built is the trial's to fail with (its trainable raises the
+        # same error, which ends the run); the run keeps the values it was given.
+        try:
+            full = make_config(values, "trial config").model_dump()
+        except ConfigError:
+            full = values
         self.client.log_batch(rid, params=[Param(k, str(v)) for k, v in full.items()],
                               synchronous=True)
         self.children[trial_id], self.phase_of[trial_id] = rid, phase
@@ -233,6 +240,12 @@ class StudyTracker:
         now = int(time.time() * 1000)
         self.client.log_batch(rid, metrics=[Metric(k, float(v), now, step)
                                             for k, v in metrics.items()], synchronous=True)
+
+    def note_failure(self, trial_id: str, reason: str) -> None:
+        """A callback failed for this trial: say so on its run, if there is one to say it on."""
+        with contextlib.suppress(Exception):
+            if trial_id in self.children:
+                self.client.set_tag(self.children[trial_id], "tracking_error", reason[:5000])
 
     def note_retry(self, trial_id: str) -> None:
         """The trial crashed and is restarted from its last checkpoint: count it."""
@@ -302,9 +315,14 @@ class StudyTracker:
         return info.model_uri
 
     # -- the study ---------------------------------------------------------------------------
-    def finish(self, wall_s: float, best: Any, artifacts: list[Path]) -> None:
+    def finish(self, sessions: list[float], best: Any, artifacts: list[Path]) -> None:
+        """The study's outcome on its parent run. `wall_s` is the study's wall time over all its
+        sessions, logged at the session's index: a resumed study adds to it, never replaces it."""
         rid = self.parent_id
-        self.client.log_metric(rid, "wall_s", wall_s, synchronous=True)
+        session = len(sessions) - 1
+        self.client.log_metric(rid, "wall_s", sum(sessions), step=session, synchronous=True)
+        self.client.log_metric(rid, "session_wall_s", sessions[-1], step=session,
+                               synchronous=True)
         if best is not None:
             self.client.set_tag(rid, "best_trial_id", best["trial_id"])
             self.client.log_metric(rid, f"best_{self.spec.metric}", float(best[self.spec.metric]),

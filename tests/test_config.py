@@ -69,3 +69,71 @@ def test_yaml_size_is_bounded(tmp_path):
     path.write_text("a: " + "x" * (2 << 20))
     with pytest.raises(ConfigError, match="larger than"):
         read_yaml(path)
+
+
+# Fields whose only non-default values need another field set too.
+COMPANIONS = {"inception_weights": {"feature_net": "inception"}}
+
+
+def non_default(name: str, field) -> tuple[object, dict]:
+    """A value other than the field's default that TrainConfig accepts, found from the field's
+    type and bounds alone, so that a new field is covered without editing this test."""
+    import typing
+
+    default, ann = field.default, field.annotation
+    args = [a for a in typing.get_args(ann) if a is not type(None)]
+    if typing.get_origin(ann) is typing.Literal:
+        candidates = [v for v in args if v != default]
+    elif ann is bool:
+        candidates = [not default]
+    elif ann is int:
+        candidates = [default + 1, default * 2 + 10, 1, 2, 50]
+    elif ann is float:
+        candidates = [default / 2, default * 2 + 0.1, 0.1, 0.25]
+    else:  # str or str | None: a named choice where there is one, else a path
+        candidates = ["fashion_mnist", "cpu", "some/path.pth", "folder:some/images"]
+    extra = COMPANIONS.get(name, {})
+    for value in candidates:
+        if value == default:
+            continue
+        try:
+            make_config({name: value, **extra})
+        except ConfigError:
+            continue
+        return value, extra
+    raise AssertionError(f"{name}: no non-default value found from its type")
+
+
+FIELDS = sorted(TrainConfig.model_fields)
+
+
+@pytest.mark.parametrize("name", FIELDS)
+def test_every_field_round_trips_through_set_and_a_spec(name):
+    import yaml
+
+    from study.spec import STUDY_CONTROLLED, parse_spec, trial_values
+
+    field = TrainConfig.model_fields[name]
+    value, extra = non_default(name, field)
+    for v, companions in ((field.default, {}), (value, extra)):
+        text = yaml.safe_dump(v).removesuffix("\n...\n").strip()
+        sets = [f"{name}={text}"] + [f"{k}={yaml.safe_dump(x).strip()}" for k, x in
+                                     companions.items()]
+        assert getattr(load_config(None, sets), name) == v, sets
+        if name in STUDY_CONTROLLED or name == "dataset":
+            continue  # set by the study's budget, seed, resources or dataset, not in fixed
+        searched = "beta2" if name != "beta2" else "beta1"
+        spec = parse_spec({"name": "rt", "budget": {"trials": 1, "steps": 10, "eval_every": 10},
+                           "fixed": {name: v, **companions},
+                           "space": {searched: {"type": "float", "low": 0.9, "high": 0.99}}},
+                          "spec")
+        assert getattr(make_config(trial_values(spec, {})), name) == v
+
+
+def test_set_reads_yaml_scalars():
+    cfg = load_config(None, ["image_size=28", "channels=3", "data_dir=null", "amp=true",
+                             "lr_g=1e-3"])
+    assert (cfg.image_size, cfg.channels, cfg.data_dir, cfg.amp) == (28, 3, None, True)
+    assert cfg.lr_g == 1e-3
+    with pytest.raises(ConfigError, match=r"--set width=\[1, 2\]: expected one YAML value"):
+        load_config(None, ["width=[1, 2]"])

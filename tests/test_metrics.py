@@ -9,7 +9,7 @@ from torchmetrics.image.kid import poly_mmd
 import gan.metrics.evaluate as evaluate_module
 from gan.config import make_config
 from gan.data import load_images
-from gan.errors import ConfigError
+from gan.errors import ConfigError, DatasetError
 from gan.evaluate import main as evaluate_main
 from gan.metrics.distances import class_metrics, fid, gaussian_stats, kid, precision_recall
 from gan.metrics.evaluate import Evaluator
@@ -139,10 +139,13 @@ def test_reference_statistics_are_cached_by_network_hash(evaluator, monkeypatch,
 def test_a_dataset_without_feature_network_names_the_command(tmp_path):
     with pytest.raises(ConfigError, match=r"python -m gan\.metrics\.features --dataset cifar10"):
         Evaluator("cifar10", 32)
+    # a folder is scored in its own label-free space, when it has images enough to score
     write_faces(tmp_path / "faces")
-    with pytest.raises(ConfigError, match="eval_every: an image folder has no labels"):
+    with pytest.raises(DatasetError, match=r"5 training and 0 held-out images; scoring needs "
+                                           r".*set eval_every: 0"):
         train(make_config(tiny(dataset=f"folder:{tmp_path / 'faces'}", eval_every=4)),
               tmp_path / "run")
+    assert not (tmp_path / "run").exists()
     assert not (tmp_path / "run").exists()
 
 

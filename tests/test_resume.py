@@ -212,6 +212,18 @@ def test_sigint_stops_cleanly_then_resume_and_extend(tmp_path):
     assert sorted(r.data.tags["ganstudy.trial_id"] for r in confirm_runs) == sorted(
         again["trial_id"])
     assert set(summary["trial_id"]) < set(p.name for p in (study / "trials").glob("[!.]*"))
+    # Three sessions (interrupted, resumed, extended): the study's wall time is their sum,
+    # logged on the parent run once per session, growing, never replaced by the last session's.
+    sessions = json.loads((study / "study.json").read_text())["sessions"]
+    assert len(sessions) == 3 and all(t > 0 for t in sessions)
+    client = MlflowClient(f"sqlite:///{study.parent / 'mlflow.db'}")
+    parent = client.search_runs([client.get_experiment_by_name(name).experiment_id],
+                                "tags.`ganstudy.role` = 'study'")[0]
+    history = sorted(client.get_metric_history(parent.info.run_id, "wall_s"),
+                     key=lambda m: m.step)
+    assert [m.step for m in history] == [1, 2]  # the interrupted session never finished
+    assert history[-1].value == pytest.approx(sum(sessions), abs=0.01)
+    assert history[0].value < history[1].value == parent.data.metrics["wall_s"]
 
 
 def test_pbt_population_killed_then_resumed_finishes_once(tmp_path):

@@ -10,10 +10,10 @@ import yaml
 
 import study.run as run_module
 from gan.config import load_config
-from study.confirm import confirmation_table, verdict
+from study.confirm import best_choice, confirmation_table, verdict
 from study.run import main, smoke_spec
 from study.space import REFERENCE, baseline_params
-from study.spec import load_spec
+from study.spec import load_spec, parse_spec
 
 ROOT = Path(__file__).parents[1]
 BAD = sorted((Path(__file__).parent / "bad_inputs").glob("*.yaml"))
@@ -103,8 +103,22 @@ def test_confirmation_retrains_top_k_and_baseline_with_new_seeds(smoke):
     assert list(table["n"]) == [2, 2] and (table["sd"] >= 0).all()
     assert table["mean"].is_monotonic_increasing
     assert verdict(table, spec).split(" (")[0] in {
-        "best beats baseline by more than their spreads", "best does not beat the baseline",
+        "best beats baseline by more than their spreads",
+        "the baseline wins: the search's best does not beat it over new seeds",
         "best is ahead of baseline, but within their spreads: not a claim"}
+
+
+def test_a_baseline_that_wins_is_said_to_win():
+    spec = load_spec(ROOT / "search_spaces" / "smoke.yaml")
+    runs = pd.DataFrame({"label": ["baseline", "baseline", "top-1", "top-1"],
+                         "status": ["completed"] * 4, "fid": [1.0, 1.2, 3.0, 3.4],
+                         "kid": [0.0] * 4, "precision": [0.5] * 4, "recall": [0.5] * 4,
+                         "fid_floor": [0.1] * 4})
+    table = confirmation_table(runs, spec)
+    said = verdict(table, spec)
+    assert said.startswith("the baseline wins") and "best_config.yaml holds the baseline" in said
+    assert best_choice(table, spec).startswith("the baseline (the reference configuration)")
+    assert best_choice(table.iloc[::-1].reset_index(drop=True), spec).startswith("top-1")
 
 
 @pytest.mark.slow
@@ -115,6 +129,8 @@ def test_best_config_is_the_best_mean_and_reruns_as_a_train_config(smoke):
     label = confirmation_table(runs, spec).iloc[0]["label"]
     best = runs[runs["label"] == label].sort_values("fid").iloc[0]
     cfg = load_config(out / "best_config.yaml")
+    why = (out / "best_config.yaml").read_text().splitlines()[0]
+    assert why.startswith(f"# {'the baseline' if label == 'baseline' else label}: the best mean")
     assert cfg.lr_g == pytest.approx(best["param_lr_g"]) and cfg.loss == best["param_loss"]
     assert cfg.seed == best["seed"] and cfg.steps == 40 and cfg.threads == 0
     assert (out / "best_generator.pt").exists()
@@ -141,6 +157,13 @@ def test_bad_spec_is_one_line_exit_2_nothing_written_no_ray(path, tmp_path, caps
     assert err[0].startswith("error: ") and expected in err[0], err[0]
     assert f"error: {path}: " in err[0]  # names the file, then the key
     assert not out.exists()
+
+
+def test_scheduler_and_searcher_by_name():
+    spec = parse_spec({"name": "short", "scheduler": "none", "searcher": "random",
+                       "budget": {"trials": 2, "steps": 40, "eval_every": 10},
+                       "space": {"lr_g": {"type": "float", "low": 1e-4, "high": 1e-3}}}, "s")
+    assert spec.scheduler.type == "none" and spec.searcher.type == "random"
 
 
 def test_every_shipped_search_space_validates():

@@ -169,3 +169,32 @@ def test_logged_generator_is_the_best_checkpoint_and_samples(tracked, smoke_stud
             torch.testing.assert_close(images, reference(z), atol=1e-5, rtol=1e-5)
     pruned = summary[summary["status"] == "pruned"]["trial_id"]
     assert all("generator_model_uri" not in by_trial[t].data.tags for t in pruned)
+
+
+def test_no_trial_can_take_the_driver_down(tmp_path, capsys):
+    """A trial config that cannot be built, and events for a trial the tracker never saw: the
+    callback reports them and returns; Tune's loop (and every other trial) goes on."""
+    from types import SimpleNamespace
+
+    from study.callbacks import MlflowCallback
+
+    spec = load_spec(ROOT / "search_spaces" / "smoke.yaml")
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "spec.yaml").write_text((ROOT / "search_spaces" / "smoke.yaml").read_text())
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = StudyTracker(spec, study, uri, baseline_params(spec))
+    callback = MlflowCallback(tracker, "search", tmp_path / "trials")
+    clash = SimpleNamespace(trial_id="clash", config={"loss": "hinge", "label_smoothing": 0.2},
+                            error_file=None)
+    callback.on_trial_start(0, [], clash)  # the tracker used to raise here, in Tune's loop
+    run = tracker.client.get_run(tracker.children["clash"])
+    assert run.data.params["label_smoothing"] == "0.2"
+    callback.on_trial_error(0, [], clash)
+    assert tracker.client.get_run(run.info.run_id).data.tags["status"] == "failed"
+
+    ghost = SimpleNamespace(trial_id="ghost", config={}, error_file=None)
+    callback.on_trial_result(0, [], ghost, {"step": 10})
+    err = capsys.readouterr().err
+    assert "warning: tracking trial ghost (on_trial_result) failed: KeyError" in err
+    assert "the study goes on" in err

@@ -1,7 +1,9 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -140,8 +142,13 @@ def test_malformed_config_file_and_corrupt_checkpoint(tmp_path, capsys):
     run.mkdir()
     (run / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
     code, err = run_cli(["--out", str(run), "--resume"], capsys)
-    assert code == 2 and len(err) == 1 and "not a readable checkpoint" in err[0]
+    assert code == 2 and len(err) == 1 and "not a readable checkpoint (truncated" in err[0]
     assert [p.name for p in run.iterdir()] == ["checkpoint.pt"]
+    # a file with pickled objects: ours to refuse, never torch's advice to load it unsafely
+    torch.save({"config": Path("x")}, run / "checkpoint.pt")
+    code, err = run_cli(["--out", str(run), "--resume"], capsys)
+    assert code == 2 and len(err) == 1 and "not a ganstudy checkpoint" in err[0]
+    assert "weights_only" not in err[0] and "Re-running" not in err[0]
 
 
 def test_unwritable_out_dir(tmp_path, capsys):
@@ -180,6 +187,30 @@ def test_cli_smoke_run_then_sample_and_interpolate(tmp_path):
     assert Image.open(tmp_path / "i.png").size == (12 * 34 + 2, 2 * 34 + 2)
 
 
+def test_sample_writes_by_its_target(tmp_path, capsys):
+    """A grid, a folder of numbered PNGs (external scorers' layout) or a uint8 array; anything
+    else is one line and nothing written."""
+    train(make_config(tiny(image_size=28)), tmp_path / "run")
+    ckpt = str(tmp_path / "run" / "checkpoint.pt")
+    assert sample_main(["--checkpoint", ckpt, "--n", "7", "--out", f"{tmp_path}/pngs/"]) == 0
+    files = sorted((tmp_path / "pngs").iterdir())
+    assert [f.name for f in files] == [f"{i:06d}.png" for i in range(7)]
+    assert Image.open(files[0]).size == (28, 28) and Image.open(files[0]).mode == "L"
+    assert sample_main(["--checkpoint", ckpt, "--n", "7", "--out", str(tmp_path / "s.npz")]) == 0
+    with np.load(tmp_path / "s.npz") as saved:
+        images = saved["images"]
+    assert images.shape == (7, 28, 28, 1) and images.dtype == np.uint8
+    assert np.array_equal(images[0, ..., 0], np.asarray(Image.open(files[0])))  # same seed
+    capsys.readouterr()
+    for out in ("grid.jpg", "grid.npy", "walk.npz"):
+        extra = ["--interpolate", "3"] if out == "walk.npz" else []
+        assert sample_main(["--checkpoint", ckpt, "--n", "6", "--out", str(tmp_path / out),
+                            *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"--out {tmp_path / out}: write" in err[0]
+        assert not (tmp_path / out).exists()
+
+
 def test_injected_faults_crash_or_diverge_at_their_step(tmp_path):
     from gan.errors import InjectedFault
 
@@ -188,3 +219,14 @@ def test_injected_faults_crash_or_diverge_at_their_step(tmp_path):
     with pytest.raises(DivergedError) as err:
         train(make_config(tiny(fault="nan", fault_step=2)), tmp_path / "nan")
     assert err.value.step == 2 and err.value.loss_name == "loss_d"
+
+
+def test_smoke_shrinks_only_what_the_user_did_not_set(tmp_path):
+    from gan.train import resolve_config
+
+    cfg = resolve_config(None, ["steps=7"], tmp_path, False, True)
+    assert cfg.steps == 7 and cfg.batch_size == 32  # --set wins; the rest is shrunk
+    config = tmp_path / "no_scores.yaml"
+    config.write_text("eval_every: 0\nsteps: 10000\n")
+    cfg = resolve_config(str(config), [], tmp_path, False, True)
+    assert cfg.eval_every == 0 and cfg.steps == 20  # no scores is a choice, not a size

@@ -6,7 +6,9 @@ digits anyway. This classifier is trained on a dataset's training split only, de
     python -m gan.metrics.features --dataset mnist            # ~3 minutes on one CPU core
 
 MNIST's weights ship in gan/assets/features/; for another labelled dataset (fashion_mnist, cifar10)
-the same command writes them to <cache>/features/, where evaluation finds them. Its 128-d
+the same command writes them to <cache>/features/, where evaluation finds them. Image folders have
+no labels: for them (or any dataset, with --kind contrastive) the command trains the label-free
+encoder of gan.metrics.contrastive instead. Its 128-d
 penultimate layer (before the ReLU), scaled to unit RMS on the training split, is the feature
 space; its logits give the class-based metrics.
 """
@@ -61,15 +63,13 @@ def prepare(images: Tensor) -> Tensor:
 
 def weights_path(dataset: str) -> Path:
     """Where a dataset's feature network is: shipped, or trained by the user into the cache."""
-    if dataset.startswith("folder:"):
-        raise ConfigError("eval_every: an image folder has no labels to train a feature network "
-                          "on, so its samples cannot be scored; set eval_every=0")
     for folder in (SHIPPED, cache_dir() / "features"):
         if (folder / f"{dataset}.pt").exists():
             return folder / f"{dataset}.pt"
     raise ConfigError(
         f"dataset: no feature network for {dataset!r}, so its samples cannot be scored; train one "
-        f"with `python -m gan.metrics.features --dataset {dataset}` or set eval_every=0")
+        f"with `python -m gan.metrics.features --dataset {dataset}`, or score in a label-free "
+        "space (feature_net: contrastive)")
 
 
 def load_feature_net(dataset: str, device: torch.device | str = "cpu") -> tuple[FeatureNet, str]:
@@ -156,17 +156,34 @@ def accuracy(net: FeatureNet, data) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from gan.data import stored_channels
+    from gan.metrics import contrastive
+    from gan.metrics.spaces import KINDS, feature_space, resolve_kind
     from gan.train import OneLineParser
 
     parser = OneLineParser(prog="python -m gan.metrics.features",
-                           description="Train the feature network of a labelled dataset.")
-    parser.add_argument("--dataset", default="mnist")
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--out", type=Path, help="default: <cache>/features/<dataset>.pt")
+                           description="Train a dataset's feature network: a classifier of a "
+                                       "labelled dataset, or a label-free encoder of any.")
+    parser.add_argument("--dataset", default="mnist", help="a named dataset or folder:<path>")
+    parser.add_argument("--kind", default="auto", choices=KINDS,
+                        help="classifier (labelled datasets), contrastive (any), or auto: "
+                             "the classifier where there are labels (default)")
+    parser.add_argument("--channels", type=int, default=3, choices=(1, 3),
+                        help="channels a folder is read in (default 3)")
+    parser.add_argument("--epochs", type=int, default=8, help="classifier epochs")
+    parser.add_argument("--out", type=Path, help="classifier only; default: "
+                                                 "<cache>/features/<dataset>.pt")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # one thread: the same weights, run after run
     torch.use_deterministic_algorithms(True)
     try:
+        if resolve_kind(args.dataset, args.kind) == "contrastive":
+            channels = stored_channels(args.dataset, args.channels)
+            feature_space(args.dataset, channels, "contrastive")
+            train = load_images(args.dataset, contrastive.SIZE, channels)
+            print(f"{contrastive.weights_file(train)}: label-free feature network of "
+                  f"{args.dataset} ({len(train)} training images)")
+            return 0
         net, acc = train_feature_net(args.dataset, args.epochs)
     except GanError as err:
         print(f"error: {err}", file=sys.stderr)
