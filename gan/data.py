@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import io
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gan.artifacts import save_png_folder
+from gan.config import NAMED_DATASETS
 from gan.errors import DatasetError
 from gan.fileio import atomic_torch_save
 
@@ -264,11 +267,7 @@ def _decode(dataset: str, split: str, image_size: int, stored: int, files: list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    import sys
-
-    from gan.artifacts import save_png_folder
-    from gan.config import NAMED_DATASETS
-    from gan.train import OneLineParser
+    from gan.train import OneLineParser  # gan.train imports this module
 
     parser = OneLineParser(prog="python -m gan.data", description="Dataset tools.")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -130,7 +130,8 @@ def test_best_config_is_the_best_mean_and_reruns_as_a_train_config(smoke):
     best = runs[runs["label"] == label].sort_values("fid").iloc[0]
     cfg = load_config(out / "best_config.yaml")
     why = (out / "best_config.yaml").read_text().splitlines()[0]
-    assert why.startswith(f"# {'the baseline' if label == 'baseline' else label}: the best mean")
+    who = "the baseline (the reference configuration)" if label == "baseline" else label
+    assert why.startswith(f"# {who}: the best mean final fid over the confirmation's 2 seeds")
     assert cfg.lr_g == pytest.approx(best["param_lr_g"]) and cfg.loss == best["param_loss"]
     assert cfg.seed == best["seed"] and cfg.steps == 40 and cfg.threads == 0
     assert (out / "best_generator.pt").exists()

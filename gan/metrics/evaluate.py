@@ -78,21 +78,24 @@ def _reference(space: FeatureSpace, train: ImageData, key: str) -> Reference:
 
 class Evaluator:
     """Scores images or a generator against one dataset's training split, in one feature space
-    (`feature_net`: auto, classifier or contrastive; see gan.metrics.spaces)."""
+    (`feature_net`: auto, classifier, contrastive or inception; see gan.metrics.spaces)."""
 
     def __init__(self, dataset: str, image_size: int, device: torch.device | str = "cpu",
                  channels: int = 1, feature_net: str = "auto", log=note,
                  inception_weights: str | None = None):
         self.dataset, self.image_size, self.device = dataset, image_size, torch.device(device)
         self.channels = channels
-        # Refusals first: a classifier that was never trained needs no data to be missing, and a
-        # folder too small to score must not cost an encoder's training.
+        # Refusals first: a classifier never trained or a missing weights file need no data to
+        # be refused, and a folder too small to score must not cost an encoder's training.
         space = None
         if resolve_kind(dataset, feature_net) != "contrastive":
             space = feature_space(dataset, channels, feature_net, self.device, log,
                                   inception_weights)
         train = load_images(dataset, image_size, channels, split="train")
-        check_scorable(dataset, train, self.test_images())
+        test = self.test_images()
+        check_scorable(dataset, train, test)
+        # the most samples a floor, and so a final score, can have: FID's bias depends on N
+        self.max_n = min(REFERENCE_N, len(test))
         self.space = space or feature_space(dataset, channels, feature_net, self.device, log)
         # A folder is keyed by its images, not its path: another folder, or this one changed,
         # gets its own reference in every space.
@@ -109,11 +112,7 @@ class Evaluator:
     def test_images(self) -> ImageData:
         return load_images(self.dataset, self.image_size, self.channels, split="test")
 
-    @property
-    def max_n(self) -> int:
-        return min(REFERENCE_N, len(self.test_images()))
-
-    def score_features(self, features: Tensor, logits: Tensor) -> dict[str, float]:
+    def score_features(self, features: Tensor, logits: Tensor | None) -> dict[str, float]:
         ref = self.reference
         n_real = min(len(features), len(ref.features))
         metrics = {
