@@ -48,6 +48,15 @@ class TrainConfig(BaseModel):
     gp_weight: float = Field(10.0, ge=0)  # WGAN-GP penalty weight; used by loss "wgan" only
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)  # one-sided: real target = 1 - this
 
+    # discriminator regularisation: its layers' normalisation (auto: the tutorials' choice, batch
+    # for dcgan, none for mlp and under WGAN-GP), spectral normalisation of its weights (Miyato et
+    # al. 2018), and R1, a penalty on its gradient at real data (Mescheder et al. 2018), taken
+    # every r1_every discriminator updates with its weight scaled to match (Karras et al. 2020)
+    d_norm: Literal["auto", "batch", "layer", "instance", "none"] = "auto"
+    spectral_norm: bool = False
+    r1_weight: float = Field(0.0, ge=0, le=1e4)
+    r1_every: int = Field(1, ge=1, le=1000)
+
     # optimisation: Adam per network
     lr_g: float = Field(2e-4, gt=0, le=1)
     lr_d: float = Field(2e-4, gt=0, le=1)
@@ -57,6 +66,9 @@ class TrainConfig(BaseModel):
     d_steps: int = Field(1, ge=1, le=100)  # discriminator updates per iteration
     g_steps: int = Field(1, ge=1, le=100)  # generator updates per iteration
     steps: int = Field(2000, ge=1)  # length of training, in generator updates
+    # an exponential moving average of G's weights is the generator evaluated, sampled and saved
+    # (Yazici et al. 2019); 0 = off, the raw generator
+    ema_decay: float = Field(0.0, ge=0, lt=1)
 
     # bookkeeping, all in generator updates
     seed: int = Field(0, ge=0, le=MAX_SEED)
@@ -100,6 +112,14 @@ class TrainConfig(BaseModel):
                              "set channels: 3")
         if self.label_smoothing > 0 and self.loss in ("hinge", "wgan"):
             raise ValueError(f"label_smoothing: has no meaning for loss {self.loss!r}")
+        if self.d_norm == "instance" and self.arch == "mlp":
+            raise ValueError("d_norm: instance normalises feature maps; the mlp discriminator has "
+                             "none (use batch, layer or none)")
+        if self.d_norm == "batch" and self.loss == "wgan":
+            raise ValueError("d_norm: batch couples the samples of a batch, which WGAN-GP's "
+                             "per-sample penalty forbids (use layer, instance or none)")
+        if self.r1_every > 1 and self.r1_weight == 0:
+            raise ValueError("r1_every: has no effect without r1_weight")
         if self.checkpoint_every % self.log_every:
             # A resumed run must restart on a log boundary to log the same averages.
             raise ValueError("checkpoint_every: must be a multiple of log_every")

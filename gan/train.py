@@ -23,9 +23,10 @@ from gan.artifacts import plot_losses, save_grid, write_progress_gif
 from gan.checkpoint import checkpoint_config, load_checkpoint, load_generator, save_checkpoint
 from gan.config import TrainConfig, make_config, parse_overrides, read_yaml
 from gan.data import load_images
+from gan.ema import EMA
 from gan.errors import ConfigError, DatasetError, DivergedError, GanError, InjectedFault
 from gan.fileio import atomic_write_text, read_jsonl, write_jsonl
-from gan.losses import LOSSES, gradient_penalty
+from gan.losses import LOSSES, penalties
 from gan.metrics.evaluate import Evaluator
 from gan.models import build_models
 from gan.progress import Progress
@@ -139,7 +140,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
-    objective = LOSSES[cfg.loss]
+    objective, d_penalties = LOSSES[cfg.loss], penalties(cfg)
     real_label = 1.0 - cfg.label_smoothing
     use_amp = cfg.amp and device.type == "cuda"
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=use_amp)
@@ -149,7 +150,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     records: list[dict] = []
     if state:
         start, fixed_noise, best = state["step"], state["fixed_noise"].to(device), state["best"]
-        G.load_state_dict(state["generator"])
+        G.load_state_dict(state.get("generator_raw", state["generator"]))
         D.load_state_dict(state["discriminator"])
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
@@ -162,6 +163,16 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         # Log lines written after the checkpoint are re-made by this run.
         records = [r for r in read_jsonl(out_dir / "metrics.jsonl") if r["step"] <= start]
+    # The generator the run evaluates, samples and saves: G's weight average where there is one.
+    ema = None
+    if cfg.ema_decay:
+        ema = EMA(G, cfg.ema_decay, B, lambda k, rng: sample_latent(k, cfg, device, rng),
+                  cfg.seed, updates=start)
+        if state:
+            ema.load_state_dict(state["generator"])
+
+    def product() -> torch.nn.Module:
+        return ema.generator() if ema else G
     atomic_write_text(out_dir / "config.json", json.dumps(cfg.model_dump(), indent=2) + "\n")
     write_jsonl(out_dir / "metrics.jsonl", records)
 
@@ -172,14 +183,16 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         t0 = time.perf_counter()
         # ------------- Discriminator: d_steps updates, once every g_steps steps -------------
         if step % cfg.g_steps == 0:
-            for _ in range(cfg.d_steps):
+            for i in range(cfg.d_steps):
+                d_update = step // cfg.g_steps * cfg.d_steps + i + 1
                 real = data.batch(torch.randint(len(data), (B,), device=device))
                 with autocast:
                     fake = G(sample_latent(B, cfg, device))  # kept for the generator's update
                     real_logits, fake_logits = D(real), D(fake.detach())
                     loss_d = objective.d(real_logits, fake_logits, real_label)
-                    if cfg.loss == "wgan":
-                        loss_d = loss_d + cfg.gp_weight * gradient_penalty(D, real, fake.detach())
+                    for p in d_penalties:
+                        if p.due(d_update):
+                            loss_d = loss_d + p.weight * p.every * p.fn(D, real, fake.detach())
                 if cfg.fault == "nan" and step + 1 == cfg.fault_step:
                     loss_d = loss_d * math.nan
                 opt_d.zero_grad(set_to_none=True)
@@ -199,6 +212,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
+        if ema:
+            ema.update(G)
         fake = None
         check_finite(step + 1, loss_g=loss_g)
         means.add(loss_g=loss_g)
@@ -218,23 +233,26 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
             train_seconds, window_start = 0.0, done
             if evaluator and (done % cfg.eval_every == 0 or done == cfg.steps):
                 scores = evaluator.score_generator(
-                    G, lambda k, rng: sample_latent(k, cfg, device, rng), cfg.eval_n, cfg.seed)
+                    product(), lambda k, rng: sample_latent(k, cfg, device, rng), cfg.eval_n,
+                    cfg.seed)
                 record.update(scores)
                 if scores["fid"] < best["fid"]:  # the minimum over checkpoints (Lucic et al.)
                     best = {"fid": scores["fid"], "step": done}
                     save_checkpoint(out_dir / "best.pt", {
-                        "config": cfg.model_dump(), "step": done, "generator": G.state_dict(),
-                        "metrics": scores})
+                        "config": cfg.model_dump(), "step": done,
+                        "generator": product().state_dict(), "metrics": scores})
             records.append(record)
             with open(out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
         if done % cfg.sample_every == 0 or done == cfg.steps:
-            save_grid(generate(G, fixed_noise), out_dir / "samples" / f"step_{done:06d}.png")
+            save_grid(generate(product(), fixed_noise),
+                      out_dir / "samples" / f"step_{done:06d}.png")
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             save_checkpoint(out_dir / "checkpoint.pt", {
                 "config": cfg.model_dump(), "step": done, "fixed_noise": fixed_noise.cpu(),
-                "best": best,
-                "generator": G.state_dict(), "discriminator": D.state_dict(),
+                "best": best, "generator": product().state_dict(),
+                **({"generator_raw": G.state_dict()} if ema else {}),
+                "discriminator": D.state_dict(),
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
                 "rng": {"torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None},
