@@ -4,7 +4,7 @@
 
 One fixed set of trials (DCGAN on 32 px MNIST, one torch thread each, learning rates varied so
 they differ) runs (a) one after another in a plain loop of `gan.train.train`, then (b) through the
-study's own Tune run (`study.run.Phases.fit`: the trainable, 2 trials at a time, checkpoints
+study's own Tune run (`study.phases.Phases.fit`: the trainable, 2 trials at a time, checkpoints
 reported to Tune, MLflow tracking from the driver). Both make the same generator updates and
 evaluations. Prints aggregate images/s of both, their ratio (target >= 1.8 on 2 cores) and the
 orchestration overhead: the study's wall time over the ideal (the plain loop's time / 2), minus 1
@@ -30,7 +30,7 @@ from ray.tune.search import BasicVariantGenerator
 
 from gan.config import make_config
 from gan.train import train
-from study.run import Phases
+from study.phases import Phases
 from study.space import baseline_params
 from study.spec import parse_spec, trial_values
 from study.state import Placement, StudyState

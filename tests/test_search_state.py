@@ -11,7 +11,7 @@ import yaml
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
-from study.run import build_scheduler, build_searcher
+from study.phases import build_scheduler, build_searcher
 from study.space import baseline_params
 from study.spec import Tpe, parse_spec
 from study.trainable import refill_deleted_checkpoints

@@ -1,0 +1,42 @@
+"""The study's outcome on the console, at the end of `python -m study.run`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from study.confirm import best_choice
+from study.spec import StudySpec
+
+
+def print_report(out: dict[str, Any], spec: StudySpec, study_dir: Path,
+                 tracking_uri: str) -> None:
+    from study.summary import leaderboard
+    from study.tracking import ui_command
+
+    rows = out["rows"]
+    columns = [c for c in rows.columns if c.startswith("param_")] + [
+        "fid", "kid", "precision", "recall", "steps", "status"]
+    board = leaderboard(rows, spec)
+    sessions = out["sessions"]
+    each = (f" over {len(sessions)} sessions ({' + '.join(f'{t / 60:.1f}' for t in sessions)})"
+            if len(sessions) > 1 else "")
+    print(f"\nstudy {spec.name}: {len(rows)} trials in {sum(sessions) / 60:.1f} min{each}; "
+          + ", ".join(f"{n} {s}" for s, n in rows["status"].value_counts().items()))
+    print("\ntop 5 by final", spec.metric)
+    print(board[columns].head(5).to_string(index=False))
+    base = rows[rows["baseline"]]
+    print("\nbaseline (reference configuration)")
+    print(base[columns].to_string(index=False))
+    if out["confirm_table"] is not None:
+        print(f"\nconfirmation: mean and sd of final {spec.metric} over "
+              f"{spec.confirm.seeds} new seeds")
+        print(out["confirm_table"].to_string(index=False))
+        print(out["verdict"])
+    if out["best"] is not None:
+        print(f"\nbest generator: {study_dir / 'best_generator.pt'}")
+        print(f"best config:    {study_dir / 'best_config.yaml'}\n"
+              f"                ({best_choice(out['confirm_table'], spec)})")
+    print(f"\nMLflow: experiment {spec.name!r} at {tracking_uri}; to browse it:\n"
+          f"  {ui_command(tracking_uri)}")
+
