@@ -72,7 +72,7 @@ def test_yaml_size_is_bounded(tmp_path):
 
 
 # Fields whose only non-default values need another field set too.
-COMPANIONS = {"inception_weights": {"feature_net": "inception"}}
+COMPANIONS = {"inception_weights": {"feature_net": "inception"}, "r1_every": {"r1_weight": 1.0}}
 
 
 def non_default(name: str, field) -> tuple[object, dict]:
