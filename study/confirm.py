@@ -63,12 +63,16 @@ def verdict(table: pd.DataFrame, spec: StudySpec) -> str:
             "best_config.yaml holds the baseline")
 
 
-def best_choice(table: pd.DataFrame | None, spec: StudySpec) -> str:
-    """Which configuration best_config.yaml holds, and why: one line for people."""
+def best_choice(table: pd.DataFrame | None, spec: StudySpec, final: bool = False) -> str:
+    """Which configuration best_config.yaml holds, and why: one line for people. `final`: the
+    final run of it completed, and best_config.yaml is that run."""
     if table is None or table.empty:
-        return f"the search's best trial by final {spec.metric}"
-    label = table.iloc[0]["label"]
-    who = "the baseline (the reference configuration)" if label == "baseline" else label
-    return (f"{who}: the best mean final {spec.metric} over the confirmation's "
-            f"{int(table.iloc[0]['n'])} seeds, its best seed's run")
-
+        who = f"the search's best trial by final {spec.metric}"
+    else:
+        label = table.iloc[0]["label"]
+        name = "the baseline (the reference configuration)" if label == "baseline" else label
+        who = (f"{name}: the best mean final {spec.metric} over the confirmation's "
+               f"{int(table.iloc[0]['n'])} seeds")
+    if final:
+        return f"{who}, trained for {spec.final.steps} generator updates in the final run"
+    return who if table is None or table.empty else f"{who}, its best seed's run"

@@ -33,10 +33,24 @@ def print_report(out: dict[str, Any], spec: StudySpec, study_dir: Path,
               f"{spec.confirm.seeds} new seeds")
         print(out["confirm_table"].to_string(index=False))
         print(out["verdict"])
+    final = out.get("final_runs")
+    if final is not None and not final.empty:
+        run = final.iloc[0]
+        metric = spec.metric
+        if run["status"] == "completed":
+            floor = run[f"{metric}_floor"]
+            print(f"\nfinal run: {spec.final.steps} generator updates of the chosen "
+                  f"configuration (seed {run['seed']}): {metric} {run[metric]:.4g} (floor "
+                  f"{floor:.3g}, {run[metric] / floor:.1f}x), precision {run['precision']:.2f}, "
+                  f"recall {run['recall']:.2f}")
+        else:
+            print(f"\nfinal run {run['status']}: {run['reason']}; the product is the chosen "
+                  "configuration's confirmation run")
     if out["best"] is not None:
+        finished = final is not None and (final["status"] == "completed").any()
         print(f"\nbest generator: {study_dir / 'best_generator.pt'}")
         print(f"best config:    {study_dir / 'best_config.yaml'}\n"
-              f"                ({best_choice(out['confirm_table'], spec)})")
+              f"                ({best_choice(out['confirm_table'], spec, finished)})")
     print(f"\nMLflow: experiment {spec.name!r} at {tracking_uri}; to browse it:\n"
           f"  {ui_command(tracking_uri)}")
 

@@ -141,15 +141,46 @@ class Phases:
         runs["label"] = [labels[point_key(r.config)] for r in wanted]
         return runs
 
-    def trainable(self):
+    def final(self, best) -> Any:
+        """The final run of the chosen configuration `best` (a summary row): one trial, FIFO,
+        with the resources of a whole node. A final run an earlier session made of the same
+        configuration is reused; one of a configuration no longer chosen (the study was
+        extended since) is marked superseded."""
+        from ray.tune.search import BasicVariantGenerator
+
+        from study.final import final_point
+        from study.summary import result_trial_id, trial_rows
+
+        point = final_point(best, self.spec)
+        results = [r for e in self.state.of_phase("final") for r in self.resume(e)]
+        if not any(point_key(r.config) == point_key(point) for r in results):
+            results += self.fit("final", 1, BasicVariantGenerator(
+                points_to_evaluate=[point], max_concurrent=1), None, None,
+                param_space=dict.fromkeys(point))
+        self.tracker.drop_orphans("final", {result_trial_id(r) for r in results})
+        for r in results:
+            self.tracker.relabel(result_trial_id(r), "final" if point_key(r.config) == point_key(
+                point) else None)
+        wanted = [r for r in results if point_key(r.config) == point_key(point)]
+        return trial_rows(wanted, self.spec, self.baseline, self.place.study_dir / "trials")
+
+    def trainable(self, phase: str):
+        """run_trial with the phase's resources: a trial's, or the final run's (a whole node),
+        whose CPUs are its torch threads."""
+        import ray
         from ray import tune
 
+        from study.final import final_resources
         from study.trainable import run_trial
 
         trials_dir = (self.place.study_dir / "trials").resolve()
+        resources = {"cpu": self.spec.resources.cpu, "gpu": self.spec.resources.gpu}
+        if phase == "final":
+            resources = final_resources(self.spec, [n["Resources"].get("CPU", 0)
+                                                    for n in ray.nodes() if n["Alive"]])
         return tune.with_resources(
-            tune.with_parameters(run_trial, spec=self.spec, trials_dir=str(trials_dir)),
-            {"cpu": self.spec.resources.cpu, "gpu": self.spec.resources.gpu})
+            tune.with_parameters(run_trial, spec=self.spec, trials_dir=str(trials_dir),
+                                 cpu=resources["cpu"]), resources)
 
     def fit(self, phase: str, trials: int, search_alg, scheduler,
             time_budget_s: float | None, param_space: dict[str, Any] | None = None) -> list:
@@ -168,7 +199,7 @@ class Phases:
         # trial's best.pt too.
         keep = None if isinstance(spec.scheduler, Pbt) else 1
         tuner = tune.Tuner(
-            self.trainable(), param_space=param_space,
+            self.trainable(phase), param_space=param_space,
             tune_config=tune.TuneConfig(
                 search_alg=search_alg, scheduler=scheduler, num_samples=trials,
                 # a Searcher is limited here; BasicVariantGenerator by its own max_concurrent
@@ -197,7 +228,8 @@ class Phases:
             return list(tune.ResultGrid(analysis))
         if "://" not in path:
             refill_deleted_checkpoints(Path(path), self.place.study_dir / "trials")
-        tuner = tune.Tuner.restore(path, self.trainable(), resume_unfinished=True)
+        tuner = tune.Tuner.restore(path, self.trainable(experiment.phase),
+                                   resume_unfinished=True)
         return self.run(tuner, experiment, None)
 
     def run(self, tuner, experiment: Experiment, time_budget_s: float | None) -> list:

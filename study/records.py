@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from gan.errors import ConfigError
+from study.confirm import confirmation_table
 from study.spec import StudySpec, parse_spec
 from study.tracking import (
     FINAL_METRICS,
@@ -125,6 +126,21 @@ def leaderboard(record: StudyRecord, phase: str = "search") -> pd.DataFrame:
     done = trials[trials["status"] == "completed"]
     return done.sort_values(record.spec.metric,
                             ascending=record.spec.direction == "min").reset_index(drop=True)
+
+
+def product(record: StudyRecord) -> pd.Series | None:
+    """The study's product: its completed final run; without one, the run its best_config.yaml
+    came from (the best seed of the configuration with the best confirmation mean, else the
+    search's best trial). None when no trial completed."""
+    final = leaderboard(record, "final")
+    if not final.empty:
+        return final.iloc[0]
+    confirm = leaderboard(record, "confirm")
+    if not confirm.empty:
+        label = confirmation_table(confirm, record.spec).iloc[0]["label"]
+        return confirm[confirm["label"] == label].iloc[0]
+    board = leaderboard(record)
+    return None if board.empty else board.iloc[0]
 
 
 def ranking(record: StudyRecord, phase: str = "search") -> pd.DataFrame:

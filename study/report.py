@@ -51,6 +51,18 @@ def notebook(studies: list[str], tracking_uri: str) -> nbformat.NotebookNode:
              "if confirm.empty:\n    print('no confirmation phase in this study')\n"
              "else:\n    table = confirmation_table(confirm, spec)\n"
              "    print(verdict(table, spec))\n    display(table)"),
+        md("## The study's product\n\nThe generator the study hands over (`best_generator.pt`): "
+           "the chosen configuration's final run, trained longer than the search's budget "
+           "with a whole node, scored with `final_n` samples beside the floor; its samples "
+           "beside the baseline's search trial, same latent seed."),
+        code("best = records.product(record)\n"
+             "if best is None:\n    print('no trial completed: no product')\nelse:\n"
+             "    facts = ['trial_id', 'phase', 'seed', 'steps', spec.metric,\n"
+             "             f'{spec.metric}_floor', 'kid', 'precision', 'recall', 'modes']\n"
+             "    display(best[facts].to_frame('product').T.assign(over_floor=best[spec.metric] "
+             "/ best[f'{spec.metric}_floor']))\n"
+             "    pair = pd.concat([best.to_frame().T, board[board['baseline']]])\n"
+             "    fig = figures.sample_grids(pair.drop_duplicates('run_id'), spec.metric)"),
         md("## Optimisation history"),
         code("study = records.optuna_study(record)\n"
              "ax = optuna.visualization.matplotlib.plot_optimization_history(study)\n"
@@ -70,11 +82,11 @@ def notebook(studies: list[str], tracking_uri: str) -> nbformat.NotebookNode:
            "(same latent seed for each); the baseline beside them."),
         code("top = pd.concat([board.head(4), board[board['baseline']]]).drop_duplicates('run_id')"
              "\nif not board.empty:\n    fig = figures.sample_grids(top, spec.metric)"),
-        md("## Latent interpolation of the best generator"),
-        code("if not board.empty:\n    fig = figures.interpolation(board.iloc[0])"),
-        md("## Training progress of the best trial\n\nThe fixed-noise sample grid logged at each "
-           "evaluation."),
-        code("if not board.empty:\n    fig = figures.progress_strip(record, board.iloc[0])"),
+        md("## Latent interpolation of the product"),
+        code("if best is not None:\n    fig = figures.interpolation(best)"),
+        md("## Training progress of the product\n\nThe fixed-noise sample grid logged at each "
+           "evaluation of its run."),
+        code("if best is not None:\n    fig = figures.progress_strip(record, best)"),
     ]
     if len(studies) > 1:
         cells += [

@@ -25,6 +25,7 @@ from gan.metrics.evaluate import Evaluator
 from gan.train import OneLineParser
 from study.confirm import best_choice
 from study.console import print_report
+from study.final import final_resources
 from study.interrupts import Interrupts
 from study.phases import Phases, StudyInterrupted, StudyStopped
 from study.space import baseline_params
@@ -47,6 +48,8 @@ def smoke_spec(spec: StudySpec) -> StudySpec:
     data["space"], data["fixed"] = space, {**data["fixed"], **SMOKE_FIXED}
     if data["confirm"]:
         data["confirm"] = {"top_k": 1, "seeds": 2}
+    if data["final"]:
+        data["final"].update(steps=80, eval_every=20)
     data["name"] = f"{spec.name}-smoke"
     return parse_spec(data, "--smoke")
 
@@ -172,26 +175,33 @@ def start_ray(address: str | None) -> None:
 
 
 def check_resources(spec: StudySpec, spec_path: str) -> None:
-    """A trial must fit on one node of the live cluster, or Tune would wait for it forever."""
+    """A trial, and the final run, must fit on one node of the live cluster, or Tune would wait
+    for it forever."""
     import ray
 
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
-    for kind, need in (("CPU", spec.resources.cpu), ("GPU", spec.resources.gpu)):
-        most = max((n.get(kind, 0) for n in nodes), default=0)
-        if need > most:
-            raise ConfigError(f"{spec_path}: resources.{kind.lower()}: {need} per trial, but no "
-                              f"node of the Ray cluster has more than {most:g}")
+    asks = [("resources", {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})]
+    if spec.final:
+        asks.append(("final", final_resources(spec, [n.get("CPU", 0) for n in nodes])))
+    for section, ask in asks:
+        for kind in ("cpu", "gpu"):
+            most = max((n.get(kind.upper(), 0) for n in nodes), default=0)
+            if ask[kind] > most:
+                per = "per trial" if section == "resources" else "for the final run"
+                raise ConfigError(f"{spec_path}: {section}.{kind}: {ask[kind]:g} {per}, but no "
+                                  f"node of the Ray cluster has more than {most:g}")
 
 
 def run_study(spec: StudySpec, place: Placement, spec_text: str, spec_path: str = "spec",
               state: StudyState | None = None) -> dict[str, Any]:
-    """Search, then confirm; return the rows, tables and best trial for the report.
+    """Search, confirm, then train the chosen configuration in the final run; return the rows,
+    tables and the study's product (the row best_generator.pt comes from) for the report.
 
     With the state of a study run before (`--resume`), its finished experiments are read back,
     its unfinished ones resumed where Tune's last snapshot left them, and new trials run only
     where the spec now plans more than were started."""
     from study.confirm import confirmation_table, verdict
-    from study.summary import leaderboard, trial_rows, write_outputs
+    from study.summary import chosen, leaderboard, trial_rows, write_outputs
     from study.tracking import StudyTracker
 
     start_ray(place.address)
@@ -209,20 +219,26 @@ def run_study(spec: StudySpec, place: Placement, spec_text: str, spec_path: str 
     with interrupts.installed():
         rows = trial_rows(phases.search(), spec, baseline, trials_dir)
         out: dict[str, Any] = {"rows": rows, "baseline": baseline, "confirm_runs": None,
-                               "confirm_table": None, "verdict": None}
+                               "confirm_table": None, "verdict": None, "final_runs": None}
         board = leaderboard(rows, spec)
         if spec.confirm and not board.empty:
             runs = phases.confirm(board)
             table = confirmation_table(runs, spec)
             out.update(confirm_runs=runs, confirm_table=table, verdict=verdict(table, spec))
+        pick = chosen(rows, spec, out["confirm_runs"], out["confirm_table"])
+        if spec.final and pick is not None:
+            out["final_runs"] = phases.final(pick)
         if interrupts.received:
             raise StudyInterrupted("the study's last steps")
+    final = out["final_runs"]
+    finished = final is not None and (final["status"] == "completed").any()
     out["best"] = write_outputs(rows, spec, study_dir, out["confirm_runs"], out["confirm_table"],
-                                best_choice(out["confirm_table"], spec))
+                                best_choice(out["confirm_table"], spec, finished),
+                                out["final_runs"])
     state.save()
     out["sessions"] = list(state.sessions)
     tracker.finish(state.sessions, out["best"], [study_dir / name for name in (
-        "summary.csv", "confirmation.csv", "best_config.yaml")])
+        "summary.csv", "confirmation.csv", "final.csv", "best_config.yaml")])
     return out
 
 

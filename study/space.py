@@ -45,7 +45,14 @@ class DefineByRun:
         suggest(trial, self.spec)
 
 
-NOT_HYPERPARAMETERS = ("seed", "label")  # Tune config keys the study adds in confirmation
+# Tune config keys the study adds in confirmation and in the final run
+NOT_HYPERPARAMETERS = ("seed", "label", "phase")
+FINAL_PHASE = "final"
+
+
+def is_final(config: dict[str, Any]) -> bool:
+    """Whether a Tune config is the final run's: trained to final.steps, not budget.steps."""
+    return config.get("phase") == FINAL_PHASE
 
 
 def hyperparameters(config: dict[str, Any]) -> dict[str, Any]:

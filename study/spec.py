@@ -110,6 +110,16 @@ class Confirm(Strict):
     seeds: int = Field(ge=2, le=20)
 
 
+class Final(Strict):
+    """The study's product: its chosen configuration trained once more, longer, with the
+    resources of a whole node (or one GPU). The verdict stays the confirmation's."""
+
+    steps: int = Field(ge=1)  # generator updates; at least the search's
+    eval_every: int = Field(ge=1)
+    cpu: float | None = Field(None, gt=0)  # default: every CPU of the largest node
+    gpu: float | None = Field(None, ge=0)  # default: 1 where trials use GPUs, else 0
+
+
 class Tpe(Strict):
     type: Literal["tpe"]
     # Random trials before TPE models the space (Optuna's default). A small budget spends a
@@ -148,6 +158,7 @@ class StudySpec(Strict):
     max_concurrent: int = Field(2, ge=1)
     max_failures: int = Field(1, ge=0, le=10)  # retries of a crashed trial, from its checkpoint
     confirm: Confirm | None = None
+    final: Final | None = None
     fixed: dict[str, Any] = {}
     space: dict[str, Param] = Field(min_length=1)
 
@@ -222,14 +233,21 @@ class StudySpec(Strict):
             raise ValueError("scheduler.grace_period: longer than budget.steps")
         if self.budget.eval_every > self.budget.steps:
             raise ValueError("budget.eval_every: longer than budget.steps")
+        if self.final and self.final.steps < self.budget.steps:
+            raise ValueError(f"final.steps: shorter than the search's budget.steps "
+                             f"({self.budget.steps}); the final run trains longer, not less")
+        if self.final and self.final.eval_every > self.final.steps:
+            raise ValueError("final.eval_every: longer than final.steps")
         return self
 
 
 def trial_values(spec: StudySpec, params: dict[str, Any], seed: int | None = None,
-                 threads: int = 1) -> dict[str, Any]:
-    """A trial's TrainConfig fields: fixed values, then sampled ones, then the study's own."""
-    eval_every = spec.budget.eval_every
-    return {**spec.fixed, **params, "dataset": spec.dataset, "steps": spec.budget.steps,
+                 threads: int = 1, final: bool = False) -> dict[str, Any]:
+    """A trial's TrainConfig fields: fixed values, then sampled ones, then the study's own (the
+    final phase's length where `final`)."""
+    length = spec.final if final and spec.final else spec.budget
+    eval_every = length.eval_every
+    return {**spec.fixed, **params, "dataset": spec.dataset, "steps": length.steps,
             "eval_every": eval_every, "log_every": _log_every(eval_every),
             "checkpoint_every": eval_every, "sample_every": eval_every,
             "seed": spec.seed if seed is None else seed, "threads": threads}
@@ -245,13 +263,18 @@ def _check_values(spec: StudySpec, source: str) -> None:
     and every configuration the space can produce does too (both keys named)."""
     base = trial_values(spec, {})
     make_config(base, f"{source}: fixed")
+    if spec.final:
+        make_config(trial_values(spec, {}, final=True), f"{source}: final")
     for key, param in spec.space.items():
         for i, value in enumerate(param.choices if isinstance(param, CategoricalParam)
                                   else [param.low, param.high]):
             where = f"space.{key}.choices[{i}]" if isinstance(param, CategoricalParam) else (
                 f"space.{key}.{'low' if i == 0 else 'high'}")
+            # a conditional parameter is checked where it is sampled: its condition holding
+            condition = {k: v[0] if isinstance(v, list) else v
+                         for k, v in (param.when or {}).items()}
             try:
-                make_config({**base, key: value})
+                make_config({**base, **condition, key: value})
             except ConfigError as err:
                 detail = str(err).split(": ", 2)[-1]
                 raise ConfigError(f"{source}: {where}: {detail}") from None

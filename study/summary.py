@@ -83,33 +83,44 @@ def row_params(row: pd.Series) -> dict[str, Any]:
             if k.startswith("param_") and not pd.isna(v)}
 
 
-def best_train_config(spec: StudySpec, row: pd.Series) -> dict[str, Any]:
-    """A trial as TrainConfig fields, runnable with `python -m gan.train --config`."""
-    cfg = make_config({**trial_values(spec, row_params(row), int(row["seed"]), threads=0),
-                       "device": "auto"})
+def best_train_config(spec: StudySpec, row: pd.Series, final: bool = False) -> dict[str, Any]:
+    """A trial as TrainConfig fields, runnable with `python -m gan.train --config` (on every
+    core: threads 0)."""
+    cfg = make_config({**trial_values(spec, row_params(row), int(row["seed"]), threads=0,
+                                      final=final), "device": "auto"})
     return cfg.model_dump()
 
 
-def write_outputs(rows: pd.DataFrame, spec: StudySpec, study_dir: Path,
-                  confirm_runs: pd.DataFrame | None = None,
-                  confirm_table: pd.DataFrame | None = None, why: str = "") -> pd.Series | None:
-    """summary.csv (and confirmation.csv) always; best_config.yaml and best_generator.pt when a
-    trial completed. With a confirmation phase, the best configuration is the best mean over
-    seeds, and its generator the best of its confirmation runs. `why` heads best_config.yaml as
-    a comment: which configuration it is, and why."""
-    atomic_write_text(study_dir / "summary.csv", rows.drop(columns=["path"]).to_csv(index=False))
-    if confirm_runs is not None:
-        atomic_write_text(study_dir / "confirmation.csv",
-                          confirm_runs.drop(columns=["path"]).to_csv(index=False))
+def chosen(rows: pd.DataFrame, spec: StudySpec, confirm_runs: pd.DataFrame | None = None,
+           confirm_table: pd.DataFrame | None = None) -> pd.Series | None:
+    """The study's chosen configuration, as the run that shows it best: with a confirmation,
+    the best seed's run of the configuration with the best mean; else the search's best trial."""
     if confirm_table is not None and not confirm_table.empty:
         label = confirm_table.iloc[0]["label"]
         board = leaderboard(confirm_runs[confirm_runs["label"] == label], spec)
     else:
         board = leaderboard(rows, spec)
-    if board.empty:
+    return None if board.empty else board.iloc[0]
+
+
+def write_outputs(rows: pd.DataFrame, spec: StudySpec, study_dir: Path,
+                  confirm_runs: pd.DataFrame | None = None,
+                  confirm_table: pd.DataFrame | None = None, why: str = "",
+                  final_runs: pd.DataFrame | None = None) -> pd.Series | None:
+    """summary.csv (confirmation.csv, final.csv) always; best_config.yaml and best_generator.pt
+    when a trial completed: the final run's where it completed (the study's product), else the
+    chosen configuration's run (see `chosen`). `why` heads best_config.yaml as a comment:
+    which configuration it is, and why. Returns the row the two files come from."""
+    atomic_write_text(study_dir / "summary.csv", rows.drop(columns=["path"]).to_csv(index=False))
+    for name, runs in (("confirmation.csv", confirm_runs), ("final.csv", final_runs)):
+        if runs is not None:
+            atomic_write_text(study_dir / name, runs.drop(columns=["path"]).to_csv(index=False))
+    product = leaderboard(final_runs, spec) if final_runs is not None else pd.DataFrame()
+    best = product.iloc[0] if not product.empty else chosen(rows, spec, confirm_runs,
+                                                            confirm_table)
+    if best is None:
         return None
-    best = board.iloc[0]
-    config = best_train_config(spec, best)
+    config = best_train_config(spec, best, final=not product.empty)
     header = f"# {why}\n" if why else ""
     atomic_write_text(study_dir / "best_config.yaml",
                       header + yaml.safe_dump(config, sort_keys=False))

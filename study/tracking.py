@@ -29,7 +29,7 @@ from PIL import Image
 
 from gan.config import make_config
 from gan.errors import ConfigError
-from study.space import distributions, hyperparameters, is_baseline
+from study.space import distributions, hyperparameters, is_baseline, is_final
 from study.spec import StudySpec, trial_values
 
 # What a report carries per evaluation step; everything else in it is Tune's bookkeeping.
@@ -186,9 +186,10 @@ class StudyTracker:
             return self.children[trial_id]
         params = hyperparameters(config)
         label = config.get("label", "")
-        values = trial_values(self.spec, params, config.get("seed"))
+        values = trial_values(self.spec, params, config.get("seed"), final=is_final(config))
+        named = f"{label}-" if label and label != phase else ""
         run = self.client.create_run(
-            self.experiment_id, run_name=f"{phase}-{label + '-' if label else ''}{trial_id}",
+            self.experiment_id, run_name=f"{phase}-{named}{trial_id}",
             tags={"mlflow.parentRunId": self.parent_id, ROLE: "trial", TRIAL_ID: trial_id,
                   "phase": phase, "label": label, "status": "running",
                   "baseline": str(is_baseline(config, self.baseline)),
@@ -325,8 +326,11 @@ class StudyTracker:
                                synchronous=True)
         if best is not None:
             self.client.set_tag(rid, "best_trial_id", best["trial_id"])
-            self.client.log_metric(rid, f"best_{self.spec.metric}", float(best[self.spec.metric]),
-                                   synchronous=True)
+            metric = self.spec.metric
+            self.client.log_batch(rid, metrics=[
+                Metric(f"best_{metric}", float(best[metric]), int(time.time() * 1000), 0),
+                Metric(f"best_{metric}_floor", float(best[f"{metric}_floor"]),
+                       int(time.time() * 1000), 0)], synchronous=True)
         for path in artifacts:
             if path.is_file():
                 self.client.log_artifact(rid, str(path))

@@ -30,7 +30,7 @@ from gan.config import make_config
 from gan.errors import CheckpointError, DivergedError
 from gan.fileio import read_jsonl
 from gan.train import OPTIMIZER_FIELDS, train
-from study.space import hyperparameters, is_baseline
+from study.space import hyperparameters, is_baseline, is_final
 from study.spec import Pbt, StudySpec, trial_values
 
 CHECKPOINT_FILES = ("checkpoint.pt", "best.pt")
@@ -57,7 +57,8 @@ def trial_device() -> str:
     return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
 
 
-def run_trial(config: dict[str, Any], spec: StudySpec, trials_dir: str) -> None:
+def run_trial(config: dict[str, Any], spec: StudySpec, trials_dir: str,
+              cpu: float | None = None) -> None:
     """The Tune function trainable: one `gan.train` run, continued from its latest checkpoint
     when Tune restarts it (a retry, a resumed study, PBT's exploit).
 
@@ -65,8 +66,10 @@ def run_trial(config: dict[str, Any], spec: StudySpec, trials_dir: str) -> None:
     the study's own (shared storage on a cluster), not Ray's staging folder, which Ray copies
     while the trainer writes."""
     params = hyperparameters(config)
-    threads = max(1, math.floor(spec.resources.cpu))  # torch threads = the CPUs Ray gave us
-    cfg = make_config({**trial_values(spec, params, config.get("seed"), threads),
+    # torch threads = the CPUs Ray gave us
+    threads = max(1, math.floor(cpu or spec.resources.cpu))
+    cfg = make_config({**trial_values(spec, params, config.get("seed"), threads,
+                                      final=is_final(config)),
                        "device": trial_device()}, "trial config")
     trial_id = tune.get_context().get_trial_id()
     run_dir = Path(trials_dir) / trial_id
@@ -77,7 +80,8 @@ def run_trial(config: dict[str, Any], spec: StudySpec, trials_dir: str) -> None:
                   "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
                   "device": cfg.device, "started_at": time.time()}
 
-    pbt = isinstance(spec.scheduler, Pbt)
+    # The final run is one trial, trained as any other; PBT's cloning has no part in it.
+    pbt = isinstance(spec.scheduler, Pbt) and not is_final(config)
     start = restore_checkpoint(tune.get_checkpoint(), cfg, run_dir, pbt)
 
     def report_evaluation(record: dict) -> None:
@@ -85,7 +89,7 @@ def run_trial(config: dict[str, Any], spec: StudySpec, trials_dir: str) -> None:
             return
         result = {**record, **provenance, "torch_threads": torch.get_num_threads(),
                   "final": False, "status": "running", "reported_at": time.time()}
-        if not checkpoint_step(spec, record["step"]):
+        if pbt and not checkpoint_step(spec, record["step"]):
             tune.report(result)
             return
         shutil.rmtree(report_dir, ignore_errors=True)

@@ -137,3 +137,18 @@ def test_set_reads_yaml_scalars():
     assert cfg.lr_g == 1e-3
     with pytest.raises(ConfigError, match=r"--set width=\[1, 2\]: expected one YAML value"):
         load_config(None, ["width=[1, 2]"])
+
+
+def test_a_conditional_parameter_is_checked_where_its_condition_holds():
+    """r1_every means something only beside an r1_weight: sampled under that condition it is
+    valid, while a space that can pair it with r1_weight 0 is refused, naming both keys."""
+    from study.spec import parse_spec
+
+    def spec(when):
+        return {"name": "r1", "budget": {"trials": 2, "steps": 40, "eval_every": 10},
+                "space": {"r1_weight": {"type": "categorical", "choices": [0.0, 1.0]},
+                          "r1_every": {"type": "categorical", "choices": [4, 16], **when}}}
+
+    parse_spec(spec({"when": {"r1_weight": [1.0]}}), "conditional.yaml")
+    with pytest.raises(ConfigError, match=r"^unconditional.yaml: .*r1_every"):
+        parse_spec(spec({}), "unconditional.yaml")

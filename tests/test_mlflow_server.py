@@ -77,8 +77,8 @@ def test_study_through_a_server_reads_back_over_http(mlflow_server, served_study
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("smoke")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    summary = pd.concat([pd.read_csv(served_study / "summary.csv"),
-                         pd.read_csv(served_study / "confirmation.csv")])
+    summary = pd.concat([pd.read_csv(served_study / name) for name in (
+        "summary.csv", "confirmation.csv", "final.csv")])
     children = [r for r in runs if r.data.tags.get("ganstudy.role") == "trial"]
     assert len(children) == len(summary)
     assert {r.data.tags["status"] for r in children} == set(summary["status"])

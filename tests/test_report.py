@@ -7,6 +7,7 @@ import nbformat
 import pandas as pd
 import pytest
 
+from study import records
 from study.report import main as report_main
 from study.tracking import default_tracking_uri
 
@@ -69,3 +70,16 @@ def test_report_of_an_unknown_study_is_one_line_exit_2(smoke_study, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no MLflow experiment named 'no-such-study'" in err[0]
     assert not list(tmp_path.iterdir())
+
+
+def test_product_is_the_final_run_from_mlflow_and_heads_the_report(smoke_study):
+    final = pd.read_csv(smoke_study / "final.csv").iloc[0]
+    best = records.product(records.load_study("smoke", default_tracking_uri(smoke_study)))
+    assert best["trial_id"] == final["trial_id"] and best["phase"] == "final"
+    assert best["steps"] == 60 and best["fid"] == pytest.approx(final["fid"])
+    assert best["model_uri"].startswith("models:/")
+    nb = nbformat.read(smoke_study.parent / "reports" / "smoke.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if c.cell_type == "code" and "records.product" in c.source)
+    shown = [o for o in cell.outputs if "text/html" in o.get("data", {})]
+    assert final["trial_id"] in shown[0]["data"]["text/html"]
+    assert any("image/png" in o.get("data", {}) for o in cell.outputs)  # product and baseline

@@ -18,6 +18,9 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from study.confirm import confirmation_table
+from study.spec import load_spec
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,7 +177,8 @@ def test_sigkill_then_resume_finishes_every_trial_once(tmp_path):
 
 def test_sigint_stops_cleanly_then_resume_and_extend(tmp_path):
     name = "stopped"
-    extra = {"confirm": {"top_k": 1, "seeds": 2}}
+    extra = {"confirm": {"top_k": 1, "seeds": 2},
+             "final": {"steps": STEPS, "eval_every": 50, "cpu": 1}}
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec(name, 4, **extra), sort_keys=False))
     study = tmp_path / "runs" / name
     proc = start([str(tmp_path / "spec.yaml"), "--out", str(study)])
@@ -192,6 +196,8 @@ def test_sigint_stops_cleanly_then_resume_and_extend(tmp_path):
     assert "snapshotting has been triggered" not in err
     first = pd.read_csv(study / "confirmation.csv", keep_default_na=False)
     assert len(first) == 4 and set(first["label"]) == {"baseline", "top-1"}
+    first_final = pd.read_csv(study / "final.csv").iloc[0]
+    assert first_final["status"] == "completed" and first_final["seed"] == 2000
     before = {p.name: p.joinpath("metrics.jsonl").read_text()
               for p in (study / "trials").glob("[!.]*")}
 
@@ -212,6 +218,19 @@ def test_sigint_stops_cleanly_then_resume_and_extend(tmp_path):
     assert sorted(r.data.tags["ganstudy.trial_id"] for r in confirm_runs) == sorted(
         again["trial_id"])
     assert set(summary["trial_id"]) < set(p.name for p in (study / "trials").glob("[!.]*"))
+    # One final run counts: the chosen configuration's. Its earlier one is reused when the
+    # choice held, else kept in MLflow as superseded.
+    final = pd.read_csv(study / "final.csv").iloc[0]
+    chosen = again[again["label"] == confirmation_table(again, load_spec(study / "spec.yaml"))
+                   .iloc[0]["label"]].iloc[0]
+    assert final["param_lr_g"] == pytest.approx(chosen["param_lr_g"])
+    runs = {r.data.tags["ganstudy.trial_id"]: r.data.tags["phase"] for r in child_runs(study, name)
+            if r.data.tags["phase"] in ("final", "superseded")}
+    assert [t for t, phase in runs.items() if phase == "final"] == [final["trial_id"]]
+    if final["trial_id"] != first_final["trial_id"]:
+        assert runs[first_final["trial_id"]] == "superseded"
+    else:
+        assert len(runs) == 1 and len(tune_results(study, "final")) == 1
     # Three sessions (interrupted, resumed, extended): the study's wall time is their sum,
     # logged on the parent run once per session, growing, never replaced by the last session's.
     sessions = json.loads((study / "study.json").read_text())["sessions"]

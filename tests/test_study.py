@@ -122,19 +122,52 @@ def test_a_baseline_that_wins_is_said_to_win():
 
 
 @pytest.mark.slow
-def test_best_config_is_the_best_mean_and_reruns_as_a_train_config(smoke):
+def test_final_run_trains_the_best_mean_configuration_longer_on_every_cpu(smoke):
     out, _, _ = smoke
     spec = load_spec(ROOT / "search_spaces" / "smoke.yaml")
     runs = pd.read_csv(out / "confirmation.csv")
     label = confirmation_table(runs, spec).iloc[0]["label"]
-    best = runs[runs["label"] == label].sort_values("fid").iloc[0]
+    chosen = runs[runs["label"] == label].iloc[0]
+    final = pd.read_csv(out / "final.csv")
+    assert len(final) == 1 and final["status"].item() == "completed"
+    run = final.iloc[0]
+    assert run["seed"] == 2000 and run["steps"] == spec.final.steps > spec.budget.steps
+    params = [c for c in runs.columns if c.startswith("param_")]
+    assert run[params].dropna().to_dict() == pytest.approx(chosen[params].dropna().to_dict())
+    assert run["fid_floor"] < run["fid"]
+    reports = [json.loads(line) for line in next((out / "ray" / "final").glob(
+        "*/result.json")).read_text().splitlines()]
+    evaluated = [r["step"] for r in reports if not r["final"]]
+    assert evaluated == [20, 40, 60]  # final.eval_every, not budget.eval_every
+    # the whole node: Ray's 2 CPUs, as 2 torch threads
+    assert {r["torch_threads"] for r in reports if "torch_threads" in r} == {2}
+
+
+@pytest.mark.slow
+def test_best_config_and_generator_are_the_final_runs_and_rerun(smoke):
+    out, _, _ = smoke
+    spec = load_spec(ROOT / "search_spaces" / "smoke.yaml")
+    runs = pd.read_csv(out / "confirmation.csv")
+    label = confirmation_table(runs, spec).iloc[0]["label"]
+    final = pd.read_csv(out / "final.csv").iloc[0]
     cfg = load_config(out / "best_config.yaml")
     why = (out / "best_config.yaml").read_text().splitlines()[0]
     who = "the baseline (the reference configuration)" if label == "baseline" else label
-    assert why.startswith(f"# {who}: the best mean final fid over the confirmation's 2 seeds")
-    assert cfg.lr_g == pytest.approx(best["param_lr_g"]) and cfg.loss == best["param_loss"]
-    assert cfg.seed == best["seed"] and cfg.steps == 40 and cfg.threads == 0
-    assert (out / "best_generator.pt").exists()
+    assert why == (f"# {who}: the best mean final fid over the confirmation's 2 seeds, trained "
+                   "for 60 generator updates in the final run")
+    assert cfg.lr_g == pytest.approx(final["param_lr_g"]) and cfg.loss == final["param_loss"]
+    assert cfg.seed == 2000 and cfg.steps == 60 and cfg.eval_every == 20 and cfg.threads == 0
+    own = out / "trials" / final["trial_id"] / "best.pt"
+    assert (out / "best_generator.pt").read_bytes() == own.read_bytes()
+
+
+def test_best_choice_names_the_final_run_only_when_it_completed():
+    spec = load_spec(ROOT / "search_spaces" / "smoke.yaml")
+    table = pd.DataFrame({"label": ["top-1", "baseline"], "n": [2, 2]})
+    assert best_choice(table, spec, final=True).endswith(
+        "trained for 60 generator updates in the final run")
+    assert best_choice(table, spec).endswith("its best seed's run")
+    assert best_choice(None, spec) == "the search's best trial by final fid"
 
 
 def test_smoke_shrinks_any_spec_and_keeps_its_space():
@@ -227,14 +260,20 @@ def test_bad_command_line_is_one_line_exit_2_nothing_written(expected, command, 
     assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written
 
 
-def test_more_gpus_than_the_cluster_has_fails_before_any_trial(ray_session, tmp_path, capsys):
+@pytest.mark.parametrize("section, values, expected", [
+    ("resources", {"cpu": 1, "gpu": 1}, "resources.gpu: 1 per trial"),
+    ("final", {"steps": 60, "eval_every": 20, "gpu": 1}, "final.gpu: 1 for the final run"),
+    ("final", {"steps": 60, "eval_every": 20, "cpu": 3}, "final.cpu: 3 for the final run")])
+def test_more_than_the_cluster_has_fails_before_any_trial(ray_session, tmp_path, capsys, section,
+                                                          values, expected):
     spec = yaml.safe_load((ROOT / "search_spaces" / "smoke.yaml").read_text())
-    spec["resources"] = {"cpu": 1, "gpu": 1}
-    path = tmp_path / "gpu.yaml"
+    spec[section] = values
+    path = tmp_path / "big.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))  # space order: conditions follow
     out = tmp_path / "study"
     assert main([str(path), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: {path}: resources.gpu: 1.0 per trial, but no node of the Ray "
-                   "cluster has more than 0"]
+    kind = expected.split(":")[0].split(".")[1]
+    assert err == [f"error: {path}: {expected}, but no node of the Ray cluster has more than "
+                   f"{2 if kind == 'cpu' else 0}"]
     assert not out.exists()

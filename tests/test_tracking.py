@@ -35,8 +35,8 @@ def tracked(smoke_study):
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     parent = [r for r in runs if r.data.tags.get("ganstudy.role") == "study"]
     children = [r for r in runs if r.data.tags.get("ganstudy.role") == "trial"]
-    summary = pd.concat([pd.read_csv(smoke_study / "summary.csv"),
-                         pd.read_csv(smoke_study / "confirmation.csv")])
+    summary = pd.concat([pd.read_csv(smoke_study / name) for name in (
+        "summary.csv", "confirmation.csv", "final.csv")])
     return uri, client, experiment, parent, children, summary
 
 
@@ -59,7 +59,10 @@ def test_one_experiment_one_parent_and_a_child_per_trial(tracked, smoke_study):
     p = parent[0]
     assert p.data.params["seed"] == "0" and p.data.metrics["wall_s"] > 0
     assert len(p.data.tags["git_commit"]) in (40, len("unknown"))
-    assert p.data.tags["best_trial_id"] in set(summary["trial_id"])
+    final = pd.read_csv(smoke_study / "final.csv").iloc[0]
+    assert p.data.tags["best_trial_id"] == final["trial_id"]  # the study's product
+    assert p.data.metrics["best_fid"] == pytest.approx(final["fid"])
+    assert p.data.metrics["best_fid_floor"] == pytest.approx(final["fid_floor"])
     names = {a.path for a in client.list_artifacts(p.info.run_id)}
     assert {"spec.yaml", "search_space.json", "summary.csv", "best_config.yaml"} <= names
     space = json.loads(Path(client.download_artifacts(p.info.run_id,
@@ -83,7 +86,9 @@ def test_child_runs_hold_hyperparameters_under_yaml_names_and_status(tracked):
             value = run.data.params[name]
             assert (float(value) == pytest.approx(row[col]) if isinstance(row[col], float)
                     else value == str(row[col]))
-        assert run.data.params["steps"] == "40" and run.data.params["arch"] == "mlp"
+        final = run.data.tags["phase"] == "final"
+        assert run.data.params["steps"] == ("60" if final else "40")
+        assert run.data.params["arch"] == "mlp"
         if row["status"] == "completed":
             assert run.data.metrics["final_fid"] == pytest.approx(row["fid"])
             assert run.data.metrics["fid_floor"] == pytest.approx(row["fid_floor"])
