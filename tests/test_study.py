@@ -121,18 +121,24 @@ def test_a_baseline_that_wins_is_said_to_win():
     assert best_choice(table.iloc[::-1].reset_index(drop=True), spec).startswith("top-1")
 
 
-@pytest.mark.slow
-def test_final_run_trains_the_best_mean_configuration_longer_on_every_cpu(smoke):
-    out, _, _ = smoke
+@pytest.fixture(scope="module")
+def product(smoke):
+    """The smoke study's chosen configuration (its confirmation label and best-seed run) and
+    its final run's rows."""
+    out = smoke[0]
     spec = load_spec(ROOT / "search_spaces" / "smoke.yaml")
     runs = pd.read_csv(out / "confirmation.csv")
     label = confirmation_table(runs, spec).iloc[0]["label"]
-    chosen = runs[runs["label"] == label].iloc[0]
-    final = pd.read_csv(out / "final.csv")
+    return out, spec, label, runs[runs["label"] == label].iloc[0], pd.read_csv(out / "final.csv")
+
+
+@pytest.mark.slow
+def test_final_run_trains_the_best_mean_configuration_longer_on_every_cpu(product):
+    out, spec, _, chosen, final = product
     assert len(final) == 1 and final["status"].item() == "completed"
     run = final.iloc[0]
     assert run["seed"] == 2000 and run["steps"] == spec.final.steps > spec.budget.steps
-    params = [c for c in runs.columns if c.startswith("param_")]
+    params = [c for c in final.columns if c.startswith("param_")]
     assert run[params].dropna().to_dict() == pytest.approx(chosen[params].dropna().to_dict())
     assert run["fid_floor"] < run["fid"]
     reports = [json.loads(line) for line in next((out / "ray" / "final").glob(
@@ -144,12 +150,9 @@ def test_final_run_trains_the_best_mean_configuration_longer_on_every_cpu(smoke)
 
 
 @pytest.mark.slow
-def test_best_config_and_generator_are_the_final_runs_and_rerun(smoke):
-    out, _, _ = smoke
-    spec = load_spec(ROOT / "search_spaces" / "smoke.yaml")
-    runs = pd.read_csv(out / "confirmation.csv")
-    label = confirmation_table(runs, spec).iloc[0]["label"]
-    final = pd.read_csv(out / "final.csv").iloc[0]
+def test_best_config_and_generator_are_the_final_runs_and_rerun(product):
+    out, _, label, _, final = product
+    final = final.iloc[0]
     cfg = load_config(out / "best_config.yaml")
     why = (out / "best_config.yaml").read_text().splitlines()[0]
     who = "the baseline (the reference configuration)" if label == "baseline" else label
