@@ -20,7 +20,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 
 from gan.config import make_config
 from gan.data import load_images
-from gan.metrics.distances import class_metrics, fid, kid, precision_recall
+from gan.metrics.distances import class_metrics, fid, kid, manifold_metrics
 from gan.metrics.evaluate import Evaluator
 from gan.metrics.features import FEATURE_DIM, extract, load_feature_net, prepare
 from gan.models import build_generator
@@ -64,7 +64,8 @@ def main() -> None:
         "features": t_feat,
         "fid": timed(lambda: fid((ref.mu, ref.sigma), feats))[1],
         "kid": timed(lambda: kid(ref.features, feats))[1],
-        "precision/recall": timed(lambda: precision_recall(ref.features, feats))[1],
+        "precision/recall/density/coverage": timed(
+            lambda: manifold_metrics(ref.features, feats))[1],
         "class metrics": timed(lambda: class_metrics(logits, ref.class_freq))[1],
     }
     total = sum(parts.values())

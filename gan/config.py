@@ -65,12 +65,17 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(64, ge=2, le=65536)
     d_steps: int = Field(1, ge=1, le=100)  # discriminator updates per iteration
     g_steps: int = Field(1, ge=1, le=100)  # generator updates per iteration
-    steps: int = Field(2000, ge=1)  # length of training, in generator updates
+    # The unit of `steps` and of every interval below: generator updates (a resumed run repeats
+    # itself exactly), images (updates x batch_size: batch sizes compared at equal data), or
+    # seconds of training, evaluation excluded (configurations compared at equal compute; a
+    # run's length then depends on the machine it runs on).
+    unit: Literal["updates", "images", "seconds"] = "updates"
+    steps: int = Field(2000, ge=1)  # length of training, in `unit`
     # an exponential moving average of G's weights is the generator evaluated, sampled and saved
     # (Yazici et al. 2019); 0 = off, the raw generator
     ema_decay: float = Field(0.0, ge=0, lt=1)
 
-    # bookkeeping, all in generator updates
+    # bookkeeping, all in `unit`
     seed: int = Field(0, ge=0, le=MAX_SEED)
     log_every: int = Field(50, ge=1)
     sample_every: int = Field(250, ge=1)

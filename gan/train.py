@@ -115,7 +115,7 @@ def resume_state(cfg: TrainConfig, out_dir: Path, may_change: frozenset[str]) ->
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
           on_log: Callable[[dict], None] | None = None,
           may_change: frozenset[str] = frozenset()) -> TrainResult:
-    """Train to `cfg.steps` generator updates; `on_log` sees each record of metrics.jsonl.
+    """Train for `cfg.steps` in `cfg.unit`; `on_log` sees each record of metrics.jsonl.
 
     On resume, the fields in `may_change` (say OPTIMIZER_FIELDS) may differ from the
     checkpoint's, as when PBT continues a better trial's checkpoint with perturbed learning rates.
@@ -176,10 +176,18 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     atomic_write_text(out_dir / "config.json", json.dumps(cfg.model_dump(), indent=2) + "\n")
     write_jsonl(out_dir / "metrics.jsonl", records)
 
-    means, progress = RunningMeans(), Progress(cfg.steps, start)
+    # Training time so far, evaluation excluded: the clock of a run measured in seconds.
+    trained_s = float(state.get("trained_s", 0.0)) if state else 0.0
+
+    def clock(updates: int) -> float:
+        """How far the run is, in cfg.unit, after `updates` generator updates."""
+        return {"updates": updates, "images": updates * B, "seconds": trained_s}[cfg.unit]
+
+    means, progress = RunningMeans(), Progress(cfg.steps, int(clock(start)))
     train_seconds, window_start = 0.0, start
     fake = None
-    for step in range(start, cfg.steps):
+    step, before = start, clock(start)
+    while before < cfg.steps:
         t0 = time.perf_counter()
         # ------------- Discriminator: d_steps updates, once every g_steps steps -------------
         if step % cfg.g_steps == 0:
@@ -217,21 +225,26 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         fake = None
         check_finite(step + 1, loss_g=loss_g)
         means.add(loss_g=loss_g)
-        train_seconds += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        train_seconds += seconds
+        trained_s += seconds
 
         if cfg.fault == "raise" and step + 1 == cfg.fault_step:
             raise InjectedFault(f"injected fault at step {step + 1}")
 
-        # ------------- Bookkeeping, in generator updates -------------
+        # ------------- Bookkeeping, in cfg.unit -------------
         # Order matters: the log line is on disk before the checkpoint that follows it (so a
         # resumed run never misses a line), and on_log runs once both exist.
-        done = step + 1
+        done, now = step + 1, clock(step + 1)
+        last = now >= cfg.steps
+
         record = None
-        if done % cfg.log_every == 0 or done == cfg.steps:
+        if last or crossed(before, now, cfg.log_every):
             images = B * (done - window_start)
-            record = {"step": done, **means.pop(), "img_per_s": images / max(train_seconds, 1e-9)}
+            record = {"step": done, **means.pop(), "img_per_s": images / max(train_seconds, 1e-9),
+                      "images": done * B, "train_s": trained_s}
             train_seconds, window_start = 0.0, done
-            if evaluator and (done % cfg.eval_every == 0 or done == cfg.steps):
+            if evaluator and (last or crossed(before, now, cfg.eval_every)):
                 scores = evaluator.score_generator(
                     product(), lambda k, rng: sample_latent(k, cfg, device, rng), cfg.eval_n,
                     cfg.seed)
@@ -244,13 +257,14 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
             records.append(record)
             with open(out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
-        if done % cfg.sample_every == 0 or done == cfg.steps:
+        if last or crossed(before, now, cfg.sample_every):
             save_grid(generate(product(), fixed_noise),
                       out_dir / "samples" / f"step_{done:06d}.png")
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+        if last or crossed(before, now, cfg.checkpoint_every):
             save_checkpoint(out_dir / "checkpoint.pt", {
-                "config": cfg.model_dump(), "step": done, "fixed_noise": fixed_noise.cpu(),
-                "best": best, "generator": product().state_dict(),
+                "config": cfg.model_dump(), "step": done, "trained_s": trained_s,
+                "fixed_noise": fixed_noise.cpu(), "best": best,
+                "generator": product().state_dict(),
                 **({"generator_raw": G.state_dict()} if ema else {}),
                 "discriminator": D.state_dict(),
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
@@ -260,13 +274,19 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         if record:
             if on_log:
                 on_log(record)
-            progress.update(done, f"loss_d {record['loss_d']:.3f} loss_g {record['loss_g']:.3f} "
-                                  f"{record['img_per_s']:.0f} img/s")
+            progress.update(int(now), f"loss_d {record['loss_d']:.3f} loss_g "
+                                      f"{record['loss_g']:.3f} {record['img_per_s']:.0f} img/s")
+        step, before = done, now
 
     write_progress_gif(out_dir / "samples", out_dir / "progress.gif")
     plot_losses(records, out_dir / "losses.png")
     final = final_score(evaluator, out_dir, device) if evaluator else None
     return TrainResult(records, final)
+
+
+def crossed(before: float, now: float, every: int) -> bool:
+    """Whether a clock going from `before` to `now` passed a multiple of `every`."""
+    return now // every > before // every
 
 
 def final_score(evaluator: Evaluator, out_dir: Path, device: torch.device) -> dict:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from study.spec import StudySpec
+from study.spec import StudySpec, length_text
 from study.summary import row_params
 
 SEED_OFFSET = 1000  # confirmation seeds are new: none of them was seen by the search
@@ -36,6 +36,7 @@ def confirmation_table(runs: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
     table = done.groupby("label").agg(
         n=(metric, "count"), mean=(metric, "mean"), sd=(metric, "std"),
         kid=("kid", "mean"), precision=("precision", "mean"), recall=("recall", "mean"),
+        coverage=("coverage", "mean"),
         floor=(f"{metric}_floor", "mean"))
     table = table.sort_values("mean", ascending=spec.direction == "min").reset_index()
     return table
@@ -74,5 +75,6 @@ def best_choice(table: pd.DataFrame | None, spec: StudySpec, final: bool = False
         who = (f"{name}: the best mean final {spec.metric} over the confirmation's "
                f"{int(table.iloc[0]['n'])} seeds")
     if final:
-        return f"{who}, trained for {spec.final.steps} generator updates in the final run"
+        return (f"{who}, trained for {length_text(spec.final.steps, spec.budget.unit)} in the "
+                "final run")
     return who if table is None or table.empty else f"{who}, its best seed's run"

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from study.confirm import best_choice
-from study.spec import StudySpec
+from study.spec import StudySpec, length_text
 
 
 def print_report(out: dict[str, Any], spec: StudySpec, study_dir: Path,
@@ -39,7 +39,7 @@ def print_report(out: dict[str, Any], spec: StudySpec, study_dir: Path,
         metric = spec.metric
         if run["status"] == "completed":
             floor = run[f"{metric}_floor"]
-            print(f"\nfinal run: {spec.final.steps} generator updates of the chosen "
+            print(f"\nfinal run: {length_text(spec.final.steps, spec.budget.unit)} of the chosen "
                   f"configuration (seed {run['seed']}): {metric} {run[metric]:.4g} (floor "
                   f"{floor:.3g}, {run[metric] / floor:.1f}x), precision {run['precision']:.2f}, "
                   f"recall {run['recall']:.2f}")

@@ -9,6 +9,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image
 
+from study import analyses
 from study.records import (
     StudyRecord,
     leaderboard,
@@ -128,3 +129,54 @@ def compare_best(records: list[StudyRecord], n: int = 36) -> Figure:
         bests.append(best)
     metric = records[0].spec.metric
     return sample_grids(pd.concat(bests), metric, n)
+
+
+def by_choice(record: StudyRecord, columns: int = 4) -> Figure | None:
+    """The final metric of every completed search trial, by the value of each searched
+    parameter (a numeric one by thirds): each trial a dot, each value's median a bar, the
+    baseline a red cross. None when no trial completed."""
+    groups = analyses.by_choice(record)
+    if not groups:
+        return None
+    metric = record.spec.metric
+    columns = min(columns, len(groups))
+    rows = -(-len(groups) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.9 * rows), squeeze=False)
+    jitter = np.random.default_rng(0)
+    for ax, (key, frame) in zip(axes.flat, groups.items(), strict=False):
+        order = sorted(frame["value"].unique())
+        for i, value in enumerate(order):
+            ys = frame.loc[frame["value"] == value, metric]
+            ax.scatter(i + jitter.uniform(-0.15, 0.15, len(ys)), ys, s=14, alpha=0.7)
+            ax.hlines(ys.median(), i - 0.3, i + 0.3, color="black")
+        base = frame[frame["baseline"]]
+        ax.scatter([order.index(v) for v in base["value"]], base[metric], marker="x", s=60,
+                   color="red", label="baseline")
+        ax.set_xticks(range(len(order)), order, rotation=30, fontsize=8)
+        ax.set_title(key, fontsize=10)
+        if metric in ("fid", "kid") and (frame[metric] > 0).all():
+            ax.set_yscale("log")
+    for ax in axes.flat[len(groups):]:
+        ax.axis("off")
+    axes[0][0].set_ylabel(f"final {metric}")
+    fig.tight_layout()
+    return fig
+
+
+def expected_best(records: list[StudyRecord]) -> Figure:
+    """The best metric to expect after k trials, k = 1..n, with its 90% band (bootstrap over
+    each study's trials); one curve per study."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for record in records:
+        frame = analyses.expected_best(record).replace([np.inf, -np.inf], np.nan)
+        label = f"{record.name} ({record.spec.searcher.label}, {record.spec.scheduler.type})"
+        ax.plot(frame.index, frame["median"], marker="o", ms=3, label=label)
+        ax.fill_between(frame.index, frame["low"], frame["high"], alpha=0.2)
+    metric = records[0].spec.metric
+    ax.set_xlabel("trials")
+    ax.set_ylabel(f"best {metric} found (median, 90% band)")
+    if metric in ("fid", "kid"):
+        ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -13,7 +13,7 @@ from typing import Any
 
 from study.interrupts import Interrupts
 from study.space import hyperparameters, tune_param_space
-from study.spec import Asha, Pbt, StudySpec
+from study.spec import PROGRESS, Asha, Pbt, StudySpec
 from study.state import Experiment, Placement, StudyState
 
 
@@ -56,7 +56,8 @@ def build_scheduler(spec: StudySpec, baseline: dict[str, Any], study_dir: Path):
                                   for k in spec.scheduler.mutations})
     if isinstance(spec.scheduler, Asha):
         return StudyASHA(
-            baseline, study_dir / RUNGS_FILE, time_attr="step", metric=spec.metric,
+            baseline, study_dir / RUNGS_FILE, time_attr=PROGRESS[spec.budget.unit],
+            metric=spec.metric,
             mode=spec.direction, max_t=spec.budget.steps, grace_period=spec.scheduler.grace_period,
             reduction_factor=spec.scheduler.reduction_factor)
     return FIFOScheduler()

@@ -19,9 +19,9 @@ from mlflow.entities import Run
 
 from gan.errors import ConfigError
 from study.confirm import confirmation_table
-from study.spec import StudySpec, parse_spec
+from study.reported import QUALITY
+from study.spec import StudySpec, length_text, parse_spec
 from study.tracking import (
-    FINAL_METRICS,
     ROLE,
     TRIAL_ID,
     fluent_tracking_uri,
@@ -71,17 +71,18 @@ def load_study(name: str, tracking_uri: str, parent_run_id: str | None = None) -
              for k, v in space["distributions"].items()}
     children = client.search_runs([experiment.experiment_id],
                                   f"tags.mlflow.parentRunId = '{rid}'", max_results=10_000)
-    histories = {run.info.run_id: _history(client, run.info.run_id) for run in children}
+    curves = tuple(dict.fromkeys((*CURVE_METRICS, spec.metric)))
+    histories = {run.info.run_id: _history(client, run.info.run_id, curves) for run in children}
     rows = [{**_row(run, spec, dists, histories[run.info.run_id]), "tracking_uri": tracking_uri}
             for run in children]
     trials = pd.DataFrame(rows).sort_values("start_time", kind="stable").reset_index(drop=True)
     return StudyRecord(name, tracking_uri, parent, spec, dists, trials, histories)
 
 
-def _history(client: MlflowClient, run_id: str) -> pd.DataFrame:
+def _history(client: MlflowClient, run_id: str, keys: tuple[str, ...]) -> pd.DataFrame:
     series = {key: pd.Series({m.step: m.value for m in client.get_metric_history(run_id, key)},
                              dtype=float)
-              for key in CURVE_METRICS}
+              for key in keys}
     return pd.DataFrame(series).sort_index()
 
 
@@ -114,7 +115,7 @@ def _row(run: Run, spec: StudySpec, dists: dict, history: pd.DataFrame) -> dict[
         "latent_dim": int(params.get("latent_dim", 100)),
         "latent_dist": params.get("latent_dist", "normal"),
     }
-    for m in FINAL_METRICS:
+    for m in QUALITY:
         row[m] = metrics.get(f"final_{m}", math.nan) if done else math.nan
         row[f"{m}_floor"] = metrics.get(f"{m}_floor", math.nan) if done else math.nan
     return row
@@ -155,7 +156,7 @@ def ranking(record: StudyRecord, phase: str = "search") -> pd.DataFrame:
 def display_columns(frame: pd.DataFrame) -> list[str]:
     params = [c for c in frame.columns if c.startswith("param_")]
     return ["trial_id", "label", "baseline", *params, "fid", "fid_floor", "kid", "precision",
-            "recall", "modes", "best_eval_fid", "steps", "status", "reason"]
+            "recall", "density", "coverage", "modes", "best_eval_fid", "steps", "status", "reason"]
 
 
 def optuna_study(record: StudyRecord) -> optuna.Study:
@@ -187,13 +188,14 @@ def _missing(v: Any) -> bool:
 def summary(record: StudyRecord) -> pd.DataFrame:
     """The study at a glance: what it searched, with what budget, how long, how trials ended."""
     spec, parent = record.spec, record.parent
+    unit = spec.budget.unit
     statuses = record.trials.groupby(["phase", "status"]).size()
     facts = {
         "study": spec.name, "dataset": spec.dataset,
         "metric": f"{spec.metric} ({spec.direction})",
         "searcher / scheduler": f"{spec.searcher.label} / {spec.scheduler.type}",
-        "budget": f"{spec.budget.trials} trials x {spec.budget.steps} generator updates, "
-                  f"evaluated every {spec.budget.eval_every}",
+        "budget": f"{spec.budget.trials} trials x {length_text(spec.budget.steps, unit)}, "
+                  f"evaluated every {length_text(spec.budget.eval_every, unit)}",
         "resources per trial": f"{spec.resources.cpu} CPU, {spec.resources.gpu} GPU; "
                                f"{spec.max_concurrent} at a time",
         "searched": ", ".join(spec.space), "fixed": ", ".join(

@@ -58,7 +58,8 @@ def notebook(studies: list[str], tracking_uri: str) -> nbformat.NotebookNode:
         code("best = records.product(record)\n"
              "if best is None:\n    print('no trial completed: no product')\nelse:\n"
              "    facts = ['trial_id', 'phase', 'seed', 'steps', spec.metric,\n"
-             "             f'{spec.metric}_floor', 'kid', 'precision', 'recall', 'modes']\n"
+             "             f'{spec.metric}_floor', 'kid', 'precision', 'recall', 'density',\n"
+             "             'coverage', 'modes']\n"
              "    display(best[facts].to_frame('product').T.assign(over_floor=best[spec.metric] "
              "/ best[f'{spec.metric}_floor']))\n"
              "    pair = pd.concat([best.to_frame().T, board[board['baseline']]])\n"
@@ -75,6 +76,18 @@ def notebook(studies: list[str], tracking_uri: str) -> nbformat.NotebookNode:
         code("if len(board) >= 2:\n"
              "    ax = optuna.visualization.matplotlib.plot_parallel_coordinate(study)\n"
              "    ax.figure.set_size_inches(12, 4)"),
+        md("## Results by choice\n\nThe final metric of every completed search trial by the "
+           "value of each searched parameter (numeric ones by thirds of the values sampled): "
+           "each trial a dot, the median a bar, the baseline a red cross. A choice that wins "
+           "shows it with its spread (Lucic et al. 2018); a search concentrates on what it "
+           "found good, so the counts per value differ."),
+        code("fig = figures.by_choice(record)\n"
+             "if fig is None:\n    print('no trial completed: nothing to show by choice')"),
+        md("## Best result to expect from k trials\n\nThe best final metric among k trials drawn "
+           "from this study's (with replacement, 2000 times): median and 90% band. Trials the "
+           "scheduler stopped count with their last evaluation, failed and diverged ones as "
+           "finding nothing. With several studies compared, one curve each."),
+        code("fig = figures.expected_best(studies)"),
         md("## Curves of the top trials and the baseline"),
         code("if board.empty:\n    print('no trial completed: nothing to plot below')\n"
              "else:\n    fig = figures.curves(record, top=4)"),

@@ -1,7 +1,7 @@
 """Run a study: `python -m study.run search_spaces/dcgan.yaml [--out DIR] [--smoke]`.
 
 YAML -> validated StudySpec -> Optuna (define-by-run, TPE or random, seeded, baseline first)
--> Ray Tune trials of `gan.train` (ASHA at equal generator updates) -> summary.csv,
+-> Ray Tune trials of `gan.train` (ASHA at equal budget: updates, images or seconds) -> summary.csv,
 best_config.yaml, best_generator.pt in the study directory (default runs/<name>/).
 """
 
@@ -33,15 +33,18 @@ from study.spec import Asha, Pbt, StudySpec, load_spec, parse_spec, trial_values
 from study.state import STATE_FILE, Placement, StudyState, load_state
 
 SMOKE_FIXED = {"width": 8, "batch_size": 32, "eval_n": 200, "final_n": 300}
+# (steps, eval_every) per budget unit
+SMOKE_LENGTH = {"updates": (60, 10), "images": (60 * 32, 10 * 32), "seconds": (12, 2)}
 
 
 def smoke_spec(spec: StudySpec) -> StudySpec:
     """The same study shrunk to a few trials of a few steps: seconds per trial."""
     data = spec.model_dump()
-    data["budget"].update(trials=min(spec.budget.trials, 6), steps=60, eval_every=10,
+    steps, every = SMOKE_LENGTH[spec.budget.unit]
+    data["budget"].update(trials=min(spec.budget.trials, 6), steps=steps, eval_every=every,
                           time_limit_s=None)
     if isinstance(spec.scheduler, Asha):
-        data["scheduler"].update(grace_period=10, reduction_factor=2)
+        data["scheduler"].update(grace_period=every, reduction_factor=2)
     if isinstance(spec.scheduler, Pbt):
         data["scheduler"].update(perturbation_interval=20)
     space = {k: v for k, v in data["space"].items() if k not in SMOKE_FIXED}
@@ -49,7 +52,7 @@ def smoke_spec(spec: StudySpec) -> StudySpec:
     if data["confirm"]:
         data["confirm"] = {"top_k": 1, "seeds": 2}
     if data["final"]:
-        data["final"].update(steps=80, eval_every=20)
+        data["final"].update(steps=steps * 4 // 3, eval_every=every * 2)
     data["name"] = f"{spec.name}-smoke"
     return parse_spec(data, "--smoke")
 
@@ -201,6 +204,7 @@ def run_study(spec: StudySpec, place: Placement, spec_text: str, spec_path: str 
     its unfinished ones resumed where Tune's last snapshot left them, and new trials run only
     where the spec now plans more than were started."""
     from study.confirm import confirmation_table, verdict
+    from study.review import board_table, outcome_note
     from study.summary import chosen, leaderboard, trial_rows, write_outputs
     from study.tracking import StudyTracker
 
@@ -238,7 +242,9 @@ def run_study(spec: StudySpec, place: Placement, spec_text: str, spec_path: str 
     state.save()
     out["sessions"] = list(state.sessions)
     tracker.finish(state.sessions, out["best"], [study_dir / name for name in (
-        "summary.csv", "confirmation.csv", "final.csv", "best_config.yaml")])
+        "summary.csv", "confirmation.csv", "final.csv", "best_config.yaml")],
+        outcome_note(spec, out), board_table(rows, spec))
+    out["parent_run_id"] = tracker.parent_id
     return out
 
 
@@ -306,8 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     print_report(out, spec, study_dir, place.tracking_uri)
     if not args.no_report:
         from study.report import build_report
+        from study.tracking import attach_report
 
         paths = build_report([spec.name], place.tracking_uri, args.reports_dir)
+        attach_report(place.tracking_uri, out["parent_run_id"], list(paths))
         print(f"report: {paths[0]} and {paths[1]}")
     return 0
 

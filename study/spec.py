@@ -21,12 +21,20 @@ from gan.config import (
     read_yaml,
 )
 from gan.errors import ConfigError
+from study.reported import QUALITY
 from study.runnable import check_runnable
 
-METRICS = {"fid": "min", "kid": "min", "precision": "max", "recall": "max", "modes": "max",
-           "mode_kl": "min", "classifier_score": "max"}
-STUDY_CONTROLLED = {"steps", "eval_every", "seed", "threads", "device", "log_every",
+STUDY_CONTROLLED = {"unit", "steps", "eval_every", "seed", "threads", "device", "log_every",
                     "checkpoint_every", "sample_every"}
+Unit = Literal["updates", "images", "seconds"]
+# What a trial's reports measure its progress by, per budget unit: ASHA's time attribute.
+PROGRESS = {"updates": "step", "images": "images", "seconds": "train_s"}
+UNIT_NAMES = {"updates": "generator updates", "images": "images", "seconds": "s of training"}
+
+
+def length_text(n: float, unit: str) -> str:
+    """A length in a budget unit, for people: '600 generator updates', '120 s of training'."""
+    return f"{n:g} {UNIT_NAMES[unit]}"
 Scalar = str | int | float | bool
 
 
@@ -78,14 +86,17 @@ Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator=
 
 class Budget(Strict):
     trials: int = Field(ge=1, le=10_000)
-    steps: int = Field(ge=1)  # per trial, in generator updates
-    eval_every: int = Field(ge=1)  # in generator updates; what early stopping sees
+    # the unit of steps, eval_every, ASHA's grace_period and final.steps: generator updates
+    # (reproducible decisions), images (updates x batch_size) or seconds of training
+    unit: Unit = "updates"
+    steps: int = Field(ge=1)  # per trial, in `unit`
+    eval_every: int = Field(ge=1)  # in `unit`; what early stopping sees
     time_limit_s: float | None = Field(None, gt=0)  # wall clock for the search phase
 
 
 class Asha(Strict):
     type: Literal["asha"]
-    grace_period: int = Field(ge=1)  # generator updates before a trial can be stopped
+    grace_period: int = Field(ge=1)  # budget.unit before a trial can be stopped
     reduction_factor: float = Field(3, gt=1)
 
 
@@ -114,7 +125,7 @@ class Final(Strict):
     """The study's product: its chosen configuration trained once more, longer, with the
     resources of a whole node (or one GPU). The verdict stays the confirmation's."""
 
-    steps: int = Field(ge=1)  # generator updates; at least the search's
+    steps: int = Field(ge=1)  # in budget.unit; at least the search's
     eval_every: int = Field(ge=1)
     cpu: float | None = Field(None, gt=0)  # default: every CPU of the largest node
     gpu: float | None = Field(None, ge=0)  # default: 1 where trials use GPUs, else 0
@@ -146,7 +157,7 @@ class StudySpec(Strict):
     # one safe path component: the study directory and the MLflow experiment are named by it
     name: str = Field(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$", max_length=100)
     dataset: str = "mnist"
-    metric: Literal[tuple(METRICS)] = "fid"  # type: ignore[valid-type]
+    metric: Literal[tuple(QUALITY)] = "fid"  # type: ignore[valid-type]
     mode: Literal["min", "max"] | None = None  # default: the metric's natural direction
     # the confirmation's seeds (seed + 1000 + i) and extensions' samplers (seed + k) stay in range
     seed: int = Field(0, ge=0, le=MAX_SEED - 2000)
@@ -164,7 +175,7 @@ class StudySpec(Strict):
 
     @property
     def direction(self) -> str:
-        return self.mode or METRICS[self.metric]
+        return self.mode or QUALITY[self.metric]
 
     @field_validator("searcher", mode="before")
     @classmethod
@@ -226,6 +237,9 @@ class StudySpec(Strict):
             if self.scheduler.perturbation_interval % self.budget.eval_every:
                 raise ValueError("scheduler.perturbation_interval: must be a multiple of "
                                  "budget.eval_every (PBT acts on evaluations)")
+        if isinstance(self.scheduler, Pbt) and self.budget.unit != "updates":
+            raise ValueError("budget.unit: PBT clones and perturbs at generator updates; use "
+                             "unit: updates with pbt")
         if isinstance(self.scheduler, Pbt) and self.searcher.type != "random":
             raise ValueError("searcher: Ray runs no search algorithm beside PBT; "
                              "use searcher: random (the initial population is sampled at random)")
@@ -247,15 +261,22 @@ def trial_values(spec: StudySpec, params: dict[str, Any], seed: int | None = Non
     final phase's length where `final`)."""
     length = spec.final if final and spec.final else spec.budget
     eval_every = length.eval_every
-    return {**spec.fixed, **params, "dataset": spec.dataset, "steps": length.steps,
-            "eval_every": eval_every, "log_every": _log_every(eval_every),
+    return {**spec.fixed, **params, "dataset": spec.dataset, "unit": spec.budget.unit,
+            "steps": length.steps,
+            "eval_every": eval_every, "log_every": _log_every(eval_every, spec.budget.unit),
             "checkpoint_every": eval_every, "sample_every": eval_every,
             "seed": spec.seed if seed is None else seed, "threads": threads}
 
 
-def _log_every(eval_every: int) -> int:
-    """The largest divisor of eval_every not above 50: logs often, lands on every evaluation."""
-    return max(d for d in range(1, min(50, eval_every) + 1) if eval_every % d == 0)
+# How often a trial logs its losses at most: every 50 updates, about as many images, 10 s.
+LOG_LIMIT = {"updates": 50, "images": 50 * 64, "seconds": 10}
+
+
+def _log_every(eval_every: int, unit: str = "updates") -> int:
+    """The largest divisor of eval_every not above the unit's limit: logs often, lands on every
+    evaluation."""
+    limit = min(LOG_LIMIT[unit], eval_every)
+    return max(d for d in range(1, limit + 1) if eval_every % d == 0)
 
 
 def _check_values(spec: StudySpec, source: str) -> None:

@@ -13,13 +13,13 @@ import yaml
 
 from gan.config import make_config
 from gan.fileio import atomic_write_text
+from study.reported import QUALITY
 from study.space import hyperparameters, is_baseline
 from study.spec import StudySpec, trial_values
 
 if TYPE_CHECKING:  # Ray stays out of what a report kernel imports (study.confirm uses this)
     from ray.tune import ResultGrid
 
-METRIC_COLUMNS = ["fid", "kid", "precision", "recall", "modes", "mode_kl", "classifier_score"]
 
 
 def trial_rows(results: ResultGrid, spec: StudySpec, baseline: dict[str, Any],
@@ -58,7 +58,7 @@ def trial_rows(results: ResultGrid, spec: StudySpec, baseline: dict[str, Any],
             "ended_at": last.get("reported_at", last.get("timestamp", math.nan)),
         }
         final = status == "completed"
-        for m in METRIC_COLUMNS:
+        for m in QUALITY:
             row[m] = last.get(m, math.nan) if final else math.nan
             row[f"{m}_floor"] = last.get(f"{m}_floor", math.nan) if final else math.nan
         for m in ("fid",):

@@ -29,16 +29,14 @@ from PIL import Image
 
 from gan.config import make_config
 from gan.errors import ConfigError
+from study.reported import ENDED, QUALITY, TRAINING
+from study.review import LEADERBOARD_FILE, run_name
 from study.space import distributions, hyperparameters, is_baseline, is_final
-from study.spec import StudySpec, trial_values
+from study.spec import StudySpec, length_text, trial_values
 
 # What a report carries per evaluation step; everything else in it is Tune's bookkeeping.
-STEP_METRICS = ("loss_d", "loss_g", "d_real", "d_fake", "acc_real", "acc_fake", "img_per_s",
-                "fid", "kid", "precision", "recall", "modes", "mode_kl", "classifier_score")
-# The trial's result (its best checkpoint re-scored with final_n samples): logged as final_<name>.
-FINAL_METRICS = ("fid", "kid", "precision", "recall", "modes", "mode_kl", "classifier_score")
+STEP_METRICS = (*TRAINING, *QUALITY)
 ROLE, TRIAL_ID = "ganstudy.role", "ganstudy.trial_id"
-ENDED = ("completed", "pruned", "diverged", "failed")  # a run's status tag once its trial ended
 SUPERSEDED = "superseded"  # phase tag of confirmation runs an extended study no longer counts
 SAMPLES_KEY = "samples"
 MODEL_NAME = "generator"
@@ -164,7 +162,8 @@ class StudyTracker:
         rid = run.info.run_id
         self.client.log_batch(rid, params=[Param(k, str(v)) for k, v in {
             "seed": spec.seed, "dataset": spec.dataset, "metric": spec.metric,
-            "mode": spec.direction, "trials": spec.budget.trials, "steps": spec.budget.steps,
+            "mode": spec.direction, "trials": spec.budget.trials, "unit": spec.budget.unit,
+            "steps": spec.budget.steps,
             "eval_every": spec.budget.eval_every, "scheduler": spec.scheduler.type,
             "searcher": spec.searcher.label, "cpu_per_trial": spec.resources.cpu,
             "gpu_per_trial": spec.resources.gpu, "max_concurrent": spec.max_concurrent,
@@ -187,9 +186,8 @@ class StudyTracker:
         params = hyperparameters(config)
         label = config.get("label", "")
         values = trial_values(self.spec, params, config.get("seed"), final=is_final(config))
-        named = f"{label}-" if label and label != phase else ""
         run = self.client.create_run(
-            self.experiment_id, run_name=f"{phase}-{named}{trial_id}",
+            self.experiment_id, run_name=run_name(phase, label, trial_id, params, self.spec),
             tags={"mlflow.parentRunId": self.parent_id, ROLE: "trial", TRIAL_ID: trial_id,
                   "phase": phase, "label": label, "status": "running",
                   "baseline": str(is_baseline(config, self.baseline)),
@@ -221,8 +219,8 @@ class StudyTracker:
             # A final result logged before the driver was killed comes again on resume.
             if result.get("status") == "completed" and (
                     "best_step" not in self.client.get_run(rid).data.metrics):
-                metrics = {f"final_{k}": result[k] for k in FINAL_METRICS if k in result}
-                metrics.update({f"{k}_floor": result[f"{k}_floor"] for k in FINAL_METRICS
+                metrics = {f"final_{k}": result[k] for k in QUALITY if k in result}
+                metrics.update({f"{k}_floor": result[f"{k}_floor"] for k in QUALITY
                                 if f"{k}_floor" in result})
                 metrics["best_step"] = result.get("best_step", step)
                 self._log_metrics(rid, metrics, step)
@@ -259,14 +257,20 @@ class StudyTracker:
         if trial_id in self.ended:
             return
         rid = self.children[trial_id]
+        run = self.client.get_run(rid)
         # The status tag goes last: a run whose status says ended holds everything else.
-        logged = "generator_model_uri" in self.client.get_run(rid).data.tags
+        logged = "generator_model_uri" in run.data.tags
         if (status == "completed" and not logged and best_checkpoint is not None
                 and best_checkpoint.is_file()):
             self.client.set_tag(rid, "generator_model_uri", self._log_generator(rid,
                                                                                 best_checkpoint))
         if reason:
             self.client.set_tag(rid, "reason", reason[:5000])
+        value = run.data.metrics.get(f"final_{self.spec.metric}")
+        if value is not None and f" · {self.spec.metric} " not in run.info.run_name:
+            # the list of runs reads as a leaderboard: each name ends with its final metric
+            self.client.set_tag(rid, "mlflow.runName",
+                                f"{run.info.run_name} · {self.spec.metric} {value:.4g}")
         self.client.set_tag(rid, "status", status)
         self.client.set_terminated(rid, "FAILED" if status == "failed" else "FINISHED")
         self.ended.add(trial_id)
@@ -316,10 +320,17 @@ class StudyTracker:
         return info.model_uri
 
     # -- the study ---------------------------------------------------------------------------
-    def finish(self, sessions: list[float], best: Any, artifacts: list[Path]) -> None:
-        """The study's outcome on its parent run. `wall_s` is the study's wall time over all its
-        sessions, logged at the session's index: a resumed study adds to it, never replaces it."""
+    def finish(self, sessions: list[float], best: Any, artifacts: list[Path], note: str = "",
+               board: Any = None) -> None:
+        """The study's outcome on its parent run: its description (`note`, Markdown), the
+        leaderboard as an MLflow table, the files. `wall_s` is the study's wall time over all
+        its sessions, logged at the session's index: a resumed study adds to it, never
+        replaces it."""
         rid = self.parent_id
+        if note:
+            self.client.set_tag(rid, "mlflow.note.content", note)
+        if board is not None:
+            self.client.log_table(rid, board, LEADERBOARD_FILE)
         session = len(sessions) - 1
         self.client.log_metric(rid, "wall_s", sum(sessions), step=session, synchronous=True)
         self.client.log_metric(rid, "session_wall_s", sessions[-1], step=session,
@@ -337,7 +348,14 @@ class StudyTracker:
         self.client.set_terminated(rid, "FINISHED")
 
 
+def attach_report(tracking_uri: str, run_id: str, paths: list[Path]) -> None:
+    """The executed report (notebook and HTML) as artifacts of the study's parent run."""
+    client = MlflowClient(tracking_uri)
+    for path in paths:
+        client.log_artifact(run_id, str(path), "report")
+
+
 def study_note(spec: StudySpec) -> str:
     return (f"ganstudy study `{spec.name}` on {spec.dataset}: {spec.budget.trials} trials of "
-            f"{spec.budget.steps} generator updates, {spec.searcher.label} search, "
+            f"{length_text(spec.budget.steps, spec.budget.unit)}, {spec.searcher.label} search, "
             f"{spec.scheduler.type} scheduler, metric {spec.metric} ({spec.direction}).")

@@ -2,8 +2,9 @@
 
 A trial's Tune config is the flat dict of its sampled hyperparameters (plus `seed` in the
 confirmation phase). Each evaluation (`eval_n` samples) is reported with the checkpoint written
-for that step: that is what ASHA compares, at equal generator updates (`step`). The last report,
-marked `final`, carries the best checkpoint re-scored with `final_n` samples: the trial's value.
+for that step: that is what ASHA compares, at equal progress in the budget's unit (`step`,
+`images` or `train_s`). The last report, marked `final`, carries the best checkpoint re-scored
+with `final_n` samples: the trial's value.
 """
 
 from __future__ import annotations
@@ -120,7 +121,10 @@ def run_trial(config: dict[str, Any], spec: StudySpec, trials_dir: str,
         return
     finally:
         shutil.rmtree(report_dir, ignore_errors=True)
-    tune.report({**result.final, "step": cfg.steps, **provenance, "final": True,
+    # where the run ended, in each unit: a run measured in seconds ends where time ran out
+    last = result.records[-1] if result.records else {"step": cfg.steps}
+    ended = {k: last[k] for k in ("step", "images", "train_s") if k in last}
+    tune.report({**result.final, **ended, **provenance, "final": True,
                  "status": "completed", "reported_at": time.time()})
 
 
@@ -275,8 +279,8 @@ RUNGS_FILE = "asha_rungs.jsonl"
 
 
 class StudyASHA(ASHAScheduler):
-    """ASHA on the eval_n metric at equal generator updates, with two exceptions, and rungs that
-    outlive the driver.
+    """ASHA on the eval_n metric at equal progress (the budget's unit), with two exceptions, and
+    rungs that outlive the driver.
 
     The baseline always runs to the end: the study must report it, and its rung results still
     set the bar for the others. A trial that has reached the full budget is not stopped on its
@@ -316,7 +320,8 @@ class StudyASHA(ASHAScheduler):
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
         self._record(trial, result)
-        if is_baseline(trial.config, self.baseline) or result.get("step", 0) >= self._max_t:
+        if (is_baseline(trial.config, self.baseline)
+                or result.get(self._time_attr, 0) >= self._max_t):
             return self.CONTINUE
         return decision
 

@@ -11,7 +11,7 @@ from gan.config import make_config
 from gan.data import load_images
 from gan.errors import ConfigError, DatasetError
 from gan.evaluate import main as evaluate_main
-from gan.metrics.distances import class_metrics, fid, gaussian_stats, kid, precision_recall
+from gan.metrics.distances import class_metrics, fid, gaussian_stats, kid, manifold_metrics
 from gan.metrics.evaluate import Evaluator
 from gan.metrics.features import accuracy, load_feature_net
 from gan.train import train
@@ -59,21 +59,30 @@ def test_kid_matches_torchmetrics_poly_mmd():
     assert rel_err(ours, poly_mmd(a.double(), b.double()).item()) < 1e-4
 
 
-def test_precision_recall_match_brute_force():
+def test_precision_recall_density_coverage_match_brute_force():
     gen = torch.Generator().manual_seed(2)
     real, fake = torch.randn(400, 8, generator=gen), torch.randn(300, 8, generator=gen) * 1.3 + 0.4
     r, f = real.double().numpy(), fake.double().numpy()
 
-    def brute(centers, points, k=3):
+    def inside(centers, points, k):
+        """(points, centers): whether each point lies in each center's k-NN ball, straight from
+        the definitions in float64."""
         d_cc = ((centers[:, None] - centers[None]) ** 2).sum(-1)
         radii = np.sort(d_cc, axis=1)[:, k]  # column 0 is the point itself
-        d_pc = ((points[:, None] - centers[None]) ** 2).sum(-1)
-        return (d_pc <= radii[None]).any(axis=1).mean()
+        return ((points[:, None] - centers[None]) ** 2).sum(-1) <= radii[None]
 
-    ours = precision_recall(real, fake, k=3)
-    assert rel_err(ours["precision"], brute(r, f)) < 1e-4
-    assert rel_err(ours["recall"], brute(f, r)) < 1e-4
-    assert 0.1 < ours["precision"] < 0.99 and 0.1 < ours["recall"] < 0.99  # a non-trivial case
+    ours = manifold_metrics(real, fake, k=3, k_dc=5)
+    assert rel_err(ours["precision"], inside(r, f, 3).any(axis=1).mean()) < 1e-4
+    assert rel_err(ours["recall"], inside(f, r, 3).any(axis=1).mean()) < 1e-4
+    balls = inside(r, f, 5)  # Naeem et al. 2020, eqs. 3 and 4
+    assert rel_err(ours["density"], balls.sum() / (5 * len(f))) < 1e-4
+    assert rel_err(ours["coverage"], balls.any(axis=0).mean()) < 1e-4
+    for key in ("precision", "recall", "coverage"):  # a non-trivial case
+        assert 0.1 < ours[key] < 0.99, key
+    assert 0.1 < ours["density"] < 1.5
+    # a sample of the real distribution itself scores density and coverage near 1
+    same = manifold_metrics(real, torch.randn(400, 8, generator=gen), k_dc=5)
+    assert 0.8 < same["density"] < 1.2 and same["coverage"] > 0.9
 
 
 def test_class_metrics_on_known_histograms():

@@ -7,7 +7,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from study import records
+from study import analyses, figures, records
 from study.report import main as report_main
 from study.tracking import default_tracking_uri
 
@@ -83,3 +83,38 @@ def test_product_is_the_final_run_from_mlflow_and_heads_the_report(smoke_study):
     shown = [o for o in cell.outputs if "text/html" in o.get("data", {})]
     assert final["trial_id"] in shown[0]["data"]["text/html"]
     assert any("image/png" in o.get("data", {}) for o in cell.outputs)  # product and baseline
+
+
+def test_results_by_choice_are_each_completed_trials_value(smoke_study):
+    record = records.load_study("smoke", default_tracking_uri(smoke_study))
+    done = record.phase("search")
+    done = done[done["status"] == "completed"]
+    groups = analyses.by_choice(record)
+    assert set(groups) == {k for k in record.spec.space if done[f"param_{k}"].notna().any()}
+    for _, row in done.iterrows():
+        shown = groups["loss"][groups["loss"]["trial_id"] == row["trial_id"]]
+        assert shown["value"].item() == row["param_loss"]
+        assert shown["fid"].item() == pytest.approx(row["fid"])
+    lr = groups["lr_g"]  # a numeric parameter, by thirds of the values sampled
+    assert len(lr) == len(done) and lr["value"].nunique() == min(3, len(done))
+    assert groups["loss"]["baseline"].sum() == 1
+    assert figures.by_choice(record) is not None
+
+
+def test_expected_best_is_a_bootstrap_of_what_each_trial_found(smoke_study):
+    record = records.load_study("smoke", default_tracking_uri(smoke_study))
+    search = record.phase("search")
+    values = analyses.judged_values(record)
+    assert sorted(values.index) == sorted(search["trial_id"])
+    for _, row in search[search["status"] == "pruned"].iterrows():  # its last evaluation
+        last = record.histories[row["run_id"]]["fid"].dropna().iloc[-1]
+        assert values[row["trial_id"]] == pytest.approx(last)
+    frame = analyses.expected_best(record, draws=4000)
+    n = len(values)
+    assert list(frame.index) == list(range(1, n + 1))
+    assert frame["median"].is_monotonic_decreasing
+    # one draw: the worst value has probability 1/n > 5%; n draws miss the best with
+    # probability (1 - 1/n)^n < 40%, so it is within the 5% quantile
+    assert frame.loc[1, "high"] == values.max() and frame.loc[n, "low"] == values.min()
+    fig = figures.expected_best([record, record])  # --compare: one curve per study
+    assert len(fig.axes[0].lines) == 2

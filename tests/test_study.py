@@ -113,7 +113,7 @@ def test_a_baseline_that_wins_is_said_to_win():
     runs = pd.DataFrame({"label": ["baseline", "baseline", "top-1", "top-1"],
                          "status": ["completed"] * 4, "fid": [1.0, 1.2, 3.0, 3.4],
                          "kid": [0.0] * 4, "precision": [0.5] * 4, "recall": [0.5] * 4,
-                         "fid_floor": [0.1] * 4})
+                         "coverage": [0.5] * 4, "fid_floor": [0.1] * 4})
     table = confirmation_table(runs, spec)
     said = verdict(table, spec)
     assert said.startswith("the baseline wins") and "best_config.yaml holds the baseline" in said
@@ -227,6 +227,42 @@ def test_pbt_perturbs_learning_rates_and_restores_from_better_trials(ray_session
         for event in history:
             assert event["from_trial"] in ids and event["step"] % 20 == 0
             assert set(event["changed"]) <= {"lr_g", "lr_d"} and event["changed"]
+
+
+@pytest.mark.slow
+def test_a_seconds_budget_compares_trials_at_equal_training_time(ray_session, tmp_path):
+    """Under budget.unit seconds, each trial trains for budget.steps seconds (evaluation
+    excluded), however many updates that is, and ASHA's rungs are in those seconds."""
+    spec = yaml.safe_load((ROOT / "search_spaces" / "smoke.yaml").read_text())
+    spec.update(name="seconds", budget={"trials": 4, "unit": "seconds", "steps": 4,
+                                        "eval_every": 1},
+                scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2},
+                confirm=None, final=None)
+    path = tmp_path / "seconds.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    out = tmp_path / "study"
+    assert main([str(path), "--out", str(out), "--no-report"]) == 0
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 4 and (summary["status"] == "completed").any()
+    reports = {}
+    for result in (out / "ray" / "search").glob("*/result.json"):
+        rows = [json.loads(line) for line in result.read_text().splitlines()]
+        reports[rows[0]["trial_id"]] = rows
+    for _, row in summary.iterrows():
+        rows = reports[row["trial_id"]]
+        seconds = [r["train_s"] for r in rows if not r["final"]]
+        config = json.loads((out / "trials" / row["trial_id"] / "config.json").read_text())
+        assert config["unit"] == "seconds" and config["steps"] == 4
+        assert seconds == sorted(seconds)
+        if row["status"] == "completed":
+            # stopped at the first update past 4 s, then scored: no more training after it
+            assert rows[-1]["final"] and seconds[-1] >= 4 > seconds[-2]
+            assert rows[-1]["step"] == rows[-2]["step"] == row["steps"]
+        else:
+            assert seconds[-1] < 4
+    rungs = [json.loads(line) for line in (out / "asha_rungs.jsonl").read_text().splitlines()]
+    for seen in rungs:  # what the rungs compared: each trial's training seconds, as reported
+        assert seen["step"] in [r.get("train_s") for r in reports[seen["trial_id"]]]
 
 
 COMMAND_LINES = [line.split(" :: ") for line in (

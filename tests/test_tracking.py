@@ -203,3 +203,30 @@ def test_no_trial_can_take_the_driver_down(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "warning: tracking trial ghost (on_trial_result) failed: KeyError" in err
     assert "the study goes on" in err
+
+
+def test_the_parent_run_tells_the_outcome_to_a_reviewer_in_mlflow(tracked, smoke_study):
+    _, client, _, parent, children, summary = tracked
+    p = parent[0]
+    note = p.data.tags["mlflow.note.content"]
+    confirm = pd.read_csv(smoke_study / "confirmation.csv")
+    final = pd.read_csv(smoke_study / "final.csv").iloc[0]
+    assert "**Verdict:**" in note and "**Confirmation**" in note and "| label" in note
+    assert f"fid {final['fid']:.4g}" in note and "the final run" in note
+    assert f"`lr_g: {final['param_lr_g']}`" in note
+    assert set(confirm["label"]) <= {line.split("|")[1].strip() for line in note.splitlines()
+                                     if line.startswith("| ") and "label" not in line}
+    table = json.loads(Path(client.download_artifacts(p.info.run_id,
+                                                      "leaderboard.json")).read_text())
+    board = pd.DataFrame(table["data"], columns=table["columns"])
+    done = summary[(summary["status"] == "completed") & summary["label"].isna()]
+    assert list(board["trial_id"]) == list(done.sort_values("fid")["trial_id"])
+    reports = {a.path for a in client.list_artifacts(p.info.run_id, "report")}
+    assert reports == {"report/smoke.ipynb", "report/smoke.html"}
+    # each trial's run name: phase, id, its categorical choices, its final metric once done
+    for run in children:
+        name, tags = run.info.run_name, run.data.tags
+        assert name.startswith(tags["phase"]) and tags["ganstudy.trial_id"] in name
+        assert client.get_run(run.info.run_id).data.params["loss"] in name
+        if tags["status"] == "completed":
+            assert name.endswith(f"fid {run.data.metrics['final_fid']:.4g}")

@@ -1,3 +1,4 @@
+import itertools
 import json
 import subprocess
 import sys
@@ -230,3 +231,27 @@ def test_smoke_shrinks_only_what_the_user_did_not_set(tmp_path):
     config.write_text("eval_every: 0\nsteps: 10000\n")
     cfg = resolve_config(str(config), [], tmp_path, False, True)
     assert cfg.eval_every == 0 and cfg.steps == 20  # no scores is a choice, not a size
+
+
+def test_an_images_budget_logs_at_the_first_update_past_each_multiple(tmp_path):
+    # batch 24, a log every 32 images: updates end at 24, 48, 72, 96 images
+    cfg = make_config(tiny(unit="images", steps=96, batch_size=24, log_every=32,
+                           checkpoint_every=32, sample_every=96))
+    records = train(cfg, tmp_path).records
+    assert [r["step"] for r in records] == [2, 3, 4]
+    assert [r["images"] for r in records] == [48, 72, 96]
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 4
+
+
+def test_a_seconds_budget_stops_on_time_and_resumes_its_clock(tmp_path, monkeypatch):
+    """Every update takes 0.25 s on a stand-in clock: a 2 s budget is 8 updates, logged at each
+    second of training; resumed to 3 s, the run counts on from the checkpoint's 2 s."""
+    ticks = itertools.count(0, 0.25)
+    monkeypatch.setattr(train_module.time, "perf_counter", lambda: next(ticks))
+    values = tiny(unit="seconds", steps=2, log_every=1, checkpoint_every=1, sample_every=2)
+    records = train(make_config(values), tmp_path).records
+    assert [(r["step"], r["train_s"]) for r in records] == [(4, 1.0), (8, 2.0)]
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["step"] == 8 and state["trained_s"] == 2.0
+    resumed = train(make_config({**values, "steps": 3}), tmp_path, resume=True).records
+    assert [(r["step"], r["train_s"]) for r in resumed] == [(4, 1.0), (8, 2.0), (12, 3.0)]

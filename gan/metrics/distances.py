@@ -64,28 +64,42 @@ def _sq_dists(a: Tensor, b: Tensor) -> Tensor:
     return torch.addmm((b * b).sum(1)[None, :], a, b.T, alpha=-2).add_((a * a).sum(1, keepdim=True))
 
 
-def _knn_radii(x: Tensor, k: int, chunk: int) -> Tensor:
-    """Squared distance from each row to its k-th nearest neighbour (itself excluded)."""
+def _knn_radii(x: Tensor, ks: tuple[int, ...], chunk: int) -> list[Tensor]:
+    """For each k: squared distance from each row to its k-th nearest neighbour (itself
+    excluded). One pass serves every k."""
     # the k+1 smallest distances include the zero distance of each point to itself
-    return torch.cat([_sq_dists(x[i:i + chunk], x).topk(k + 1, dim=1, largest=False).values[:, -1]
-                      for i in range(0, len(x), chunk)])
+    nearest = torch.cat([_sq_dists(x[i:i + chunk], x).topk(max(ks) + 1, dim=1,
+                                                           largest=False).values
+                         for i in range(0, len(x), chunk)])
+    return [nearest[:, k] for k in ks]
 
 
-def precision_recall(real: Tensor, fake: Tensor, k: int = 3,
+def manifold_metrics(real: Tensor, fake: Tensor, k: int = 3, k_dc: int = 5,
                      chunk: int = 1024) -> dict[str, float]:
     """Improved precision and recall (Kynkaanniemi et al. 2019): the share of fakes inside the
-    real k-NN manifold, and of reals inside the fake one. One pass over the fake-real distances
-    serves both; chunks bound the memory to chunk x N."""
+    real k-NN manifold, and of reals inside the fake one. Density and coverage (Naeem et al.
+    2020, k_dc = 5 as there): how many real k_dc-NN balls hold each fake on average (/ k_dc; 1
+    for a perfect generator, above 1 where fakes crowd dense real regions), and the share of
+    real balls holding at least one fake; unlike precision and recall, neither is fooled by
+    outliers. One pass over the fake-real distances serves all four; chunks bound the memory to
+    chunk x N."""
     real, fake = real.float(), fake.float()
-    r_real, r_fake = _knn_radii(real, k, chunk), _knn_radii(fake, k, chunk)
+    r_real, r_real_dc = _knn_radii(real, (k, k_dc), chunk)
+    (r_fake,) = _knn_radii(fake, (k,), chunk)
     fake_inside = torch.zeros(len(fake), dtype=torch.bool)
     real_inside = torch.zeros(len(real), dtype=torch.bool)
+    covered = torch.zeros(len(real), dtype=torch.bool)
+    balls = 0
     for i in range(0, len(fake), chunk):
         d = _sq_dists(fake[i:i + chunk], real)  # (chunk, N_real)
         fake_inside[i:i + chunk] = (d <= r_real[None, :]).any(dim=1)
         real_inside |= (d <= r_fake[i:i + chunk, None]).any(dim=0)
+        in_ball = d <= r_real_dc[None, :]
+        balls += int(in_ball.sum())
+        covered |= in_ball.any(dim=0)
     return {"precision": fake_inside.float().mean().item(),
-            "recall": real_inside.float().mean().item()}
+            "recall": real_inside.float().mean().item(),
+            "density": balls / (k_dc * len(fake)), "coverage": covered.float().mean().item()}
 
 
 def class_metrics(logits: Tensor, train_class_freq: Tensor, confidence: float = 0.9,

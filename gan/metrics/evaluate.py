@@ -21,12 +21,13 @@ from gan.config import TrainConfig
 from gan.data import MIN_SPLIT, ImageData, cache_dir, data_hash, load_images
 from gan.errors import DatasetError
 from gan.fileio import atomic_torch_save, atomic_write_text
-from gan.metrics.distances import class_metrics, fid, gaussian_stats, kid, precision_recall
+from gan.metrics.distances import class_metrics, fid, gaussian_stats, kid, manifold_metrics
 from gan.metrics.spaces import FeatureSpace, feature_space, resolve_kind
 from gan.progress import note
 
 PREPROCESS_VERSION = 2  # bump when a space's preprocessing or the reference protocol changes
 REFERENCE_N = 10_000  # real features kept for KID and precision/recall
+METRICS_VERSION = "m2"  # of the metric set a cached floor holds: a new metric, a new floor
 REFERENCE_SEED = 1234
 MIN_TRAIN, MIN_HELD_OUT = 100, 10  # fewer real images than these make no reference or floor
 
@@ -118,7 +119,7 @@ class Evaluator:
         metrics = {
             **fid((ref.mu, ref.sigma), features),
             **kid(ref.features, features),
-            **precision_recall(ref.features[:n_real], features),
+            **manifold_metrics(ref.features[:n_real], features),
         }
         if logits is not None and ref.class_freq is not None:
             metrics.update(class_metrics(logits, ref.class_freq))
@@ -153,7 +154,7 @@ class Evaluator:
         """The same metrics for n test-split images: what a perfect generator would score."""
         test = self.test_images()
         n = min(n, self.max_n)
-        path = cache_dir() / "metrics" / f"floor-{self.key}-n{n}.json"
+        path = cache_dir() / "metrics" / f"floor-{self.key}-n{n}-{METRICS_VERSION}.json"
         if path.exists():
             try:
                 return json.loads(path.read_text())

@@ -1,0 +1,32 @@
+"""What a trial reports, declared once: the tracker (MLflow names), the summary (CSV columns),
+the records read back from MLflow and the report notebook all take their names from here, and
+a spec's `metric` must be one of QUALITY."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+# Each evaluation's scores of the generator (gan.metrics), with the direction that is better.
+# The final result is the best checkpoint's, re-scored with final_n samples: logged as
+# final_<name>, each beside its real-data floor, <name>_floor.
+QUALITY: dict[str, Literal["min", "max"]] = {
+    "fid": "min", "kid": "min", "precision": "max", "recall": "max", "density": "max",
+    "coverage": "max", "modes": "max", "mode_kl": "min", "classifier_score": "max"}
+# The training log's means over the steps since the last log line (gan.train).
+TRAINING = ("loss_d", "loss_g", "d_real", "d_fake", "acc_real", "acc_fake", "img_per_s")
+# Where a trial is, in each budget unit, at every report.
+PROGRESS = ("step", "images", "train_s")
+
+
+class Status(StrEnum):
+    """A trial's status: running until it ends as one of the others."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    PRUNED = "pruned"  # stopped early by the scheduler
+    DIVERGED = "diverged"  # its loss went NaN or infinite
+    FAILED = "failed"  # it raised, more often than max_failures allows
+
+
+ENDED = tuple(s for s in Status if s != Status.RUNNING)
