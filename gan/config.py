@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -41,7 +41,23 @@ class TrainConfig(BaseModel):
     arch: Arch = "dcgan"
     width: int = Field(32, ge=1, le=1024)
     latent_dim: int = Field(100, ge=1, le=4096)
-    latent_dist: Literal["normal", "uniform"] = "normal"
+    latent_dist: Literal["normal", "uniform", "uniform01"] = "normal"  # N(0,1), U(-1,1), U[0,1)
+    # the mlp's hidden layers as listed at width 64 (width scales them); BatchNorm in G and
+    # d_norm in D follow every hidden layer but the first
+    mlp_g_layers: tuple[Annotated[int, Field(ge=1, le=65536)], ...] = Field(
+        (128, 256, 512, 1024), min_length=1, max_length=16)
+    mlp_d_layers: tuple[Annotated[int, Field(ge=1, le=65536)], ...] = Field(
+        (512, 256), min_length=1, max_length=16)
+    # hidden activations; auto: ReLU in the DCGAN generator, LeakyReLU 0.2 everywhere else
+    g_activation: Literal["auto", "relu", "leaky_relu"] = "auto"
+    d_activation: Literal["auto", "relu", "leaky_relu"] = "auto"
+    # weights: auto is dcgan's N(0, 0.02) for dcgan and PyTorch's default for mlp; bias_init sets
+    # every bias to one value after it (null: the initialisation's own)
+    init: Literal["auto", "dcgan", "xavier", "default"] = "auto"
+    bias_init: float | None = Field(None, ge=-10, le=10)
+    conv_bias: bool = False  # biases in the dcgan's conv layers (the DCGAN paper drops them)
+    # the generator's output: tanh with data in [-1, 1], or sigmoid with data in [0, 1]
+    output: Literal["tanh", "sigmoid"] = "tanh"
 
     # objective
     loss: LossName = "ns"
@@ -123,6 +139,12 @@ class TrainConfig(BaseModel):
         if self.d_norm == "batch" and self.loss == "wgan":
             raise ValueError("d_norm: batch couples the samples of a batch, which WGAN-GP's "
                              "per-sample penalty forbids (use layer, instance or none)")
+        if self.arch != "mlp":
+            for key in ("mlp_g_layers", "mlp_d_layers"):
+                if getattr(self, key) != type(self).model_fields[key].default:
+                    raise ValueError(f"{key}: the mlp's hidden layers; arch {self.arch!r} has none")
+        if self.conv_bias and self.arch != "dcgan":
+            raise ValueError(f"conv_bias: arch {self.arch!r} has no conv layers")
         if self.r1_every > 1 and self.r1_weight == 0:
             raise ValueError("r1_every: has no effect without r1_weight")
         if self.checkpoint_every % self.log_every:
@@ -221,7 +243,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """`key=value` strings from the command line, each value read as a YAML scalar, as it would
-    be in a config file: `32` an int, `1e-3` a float, `true` a bool, `null` None."""
+    be in a config file: `32` an int, `1e-3` a float, `true` a bool, `null` None; a flat list
+    such as `[128, 256]` for the fields that are lists."""
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -231,10 +254,11 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             parsed = yaml.load(value.strip() or "''", Loader=BoundedSafeLoader)  # noqa: S506
         except yaml.YAMLError:
             parsed = None
-        if isinstance(parsed, dict | list) or (parsed is None and value.strip() not in (
-                "null", "~", "Null", "NULL")):
+        nested = isinstance(parsed, dict) or (
+            isinstance(parsed, list) and any(isinstance(v, dict | list) for v in parsed))
+        if nested or (parsed is None and value.strip() not in ("null", "~", "Null", "NULL")):
             raise ConfigError(f"--set {pair}: expected one YAML value (a number, word, true, "
-                              "null or a quoted string), not a list or mapping")
+                              "null or a quoted string) or a flat list, not a mapping")
         out[key.strip()] = parsed
     return out
 

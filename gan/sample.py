@@ -27,6 +27,7 @@ from gan.checkpoint import load_generator
 from gan.config import TrainConfig
 from gan.errors import GanError
 from gan.fileio import atomic_write
+from gan.latents import LATENTS
 from gan.train import OneLineParser, generate, sample_latent
 
 
@@ -43,9 +44,9 @@ def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
 def interpolation_latents(rows: int, k: int, cfg: TrainConfig) -> Tensor:
     a, b = sample_latent(rows, cfg, "cpu"), sample_latent(rows, cfg, "cpu")
     t = torch.linspace(0, 1, k)
-    if cfg.latent_dist == "normal":
+    if LATENTS[cfg.latent_dist].spherical:
         z = slerp(a, b, t)
-    else:  # a uniform cube is not a sphere: walk the straight line
+    else:
         z = a[:, None] + t[None, :, None] * (b - a)[:, None]
     return z.reshape(rows * k, -1)
 

@@ -22,10 +22,11 @@ from torch import Tensor
 from gan.artifacts import plot_losses, save_grid, write_progress_gif
 from gan.checkpoint import checkpoint_config, load_checkpoint, load_generator, save_checkpoint
 from gan.config import TrainConfig, make_config, parse_overrides, read_yaml
-from gan.data import load_images
+from gan.data import ImageData, load_images
 from gan.ema import EMA
 from gan.errors import ConfigError, DatasetError, DivergedError, GanError, InjectedFault
 from gan.fileio import atomic_write_text, read_jsonl, write_jsonl
+from gan.latents import draw_latent
 from gan.losses import LOSSES, penalties
 from gan.metrics.evaluate import Evaluator
 from gan.models import build_models
@@ -50,10 +51,7 @@ def select_device(name: str) -> torch.device:
 
 def sample_latent(n: int, cfg: TrainConfig, device: torch.device | str,
                   generator: torch.Generator | None = None) -> Tensor:
-    shape = (n, cfg.latent_dim)
-    if cfg.latent_dist == "uniform":
-        return torch.rand(shape, device=device, generator=generator).mul_(2).sub_(1)
-    return torch.randn(shape, device=device, generator=generator)
+    return draw_latent(cfg.latent_dist, n, cfg.latent_dim, device, generator)
 
 
 @dataclass(frozen=True)
@@ -132,6 +130,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         except DatasetError as err:
             raise DatasetError(f"{err} (to train without scores, set eval_every: 0)") from None
     prepare_out_dir(out_dir, resume)
+    save_real_grid(data, out_dir / "samples" / "real.png", cfg.seed)
 
     torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)
@@ -173,7 +172,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
 
     def product() -> torch.nn.Module:
         return ema.generator() if ema else G
-    atomic_write_text(out_dir / "config.json", json.dumps(cfg.model_dump(), indent=2) + "\n")
+    config_text = json.dumps(cfg.model_dump(mode="json"), indent=2)
+    atomic_write_text(out_dir / "config.json", config_text + "\n")
     write_jsonl(out_dir / "metrics.jsonl", records)
 
     # Training time so far, evaluation excluded: the clock of a run measured in seconds.
@@ -282,6 +282,15 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     plot_losses(records, out_dir / "losses.png")
     final = final_score(evaluator, out_dir, device) if evaluator else None
     return TrainResult(records, final)
+
+
+def save_real_grid(data: ImageData, path: Path, seed: int) -> None:
+    """A grid of training images beside the samples, as every tutorial shows first; drawn from
+    its own RNG so the run's stream is the same with or without it."""
+    if path.exists():
+        return
+    pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:FIXED_SAMPLES]
+    save_grid(data.batch(pick.to(data.images.device)), path)
 
 
 def crossed(before: float, now: float, every: int) -> bool:

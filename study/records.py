@@ -221,11 +221,10 @@ def model_input(row: pd.Series, n: int, seed: int = 0):
     """Latent vectors for a logged generator: its latent size and distribution, seeded."""
     import torch
 
+    from gan.latents import draw_latent
+
     g = torch.Generator().manual_seed(seed)
-    shape = (n, int(row["latent_dim"]))
-    if row["latent_dist"] == "uniform":
-        return torch.rand(shape, generator=g) * 2 - 1
-    return torch.randn(shape, generator=g)
+    return draw_latent(row["latent_dist"], n, int(row["latent_dim"]), generator=g)
 
 
 def load_generator(row: pd.Series):

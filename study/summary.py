@@ -88,7 +88,7 @@ def best_train_config(spec: StudySpec, row: pd.Series, final: bool = False) -> d
     core: threads 0)."""
     cfg = make_config({**trial_values(spec, row_params(row), int(row["seed"]), threads=0,
                                       final=final), "device": "auto"})
-    return cfg.model_dump()
+    return cfg.model_dump(mode="json")
 
 
 def chosen(rows: pd.DataFrame, spec: StudySpec, confirm_runs: pd.DataFrame | None = None,

@@ -72,7 +72,9 @@ def test_yaml_size_is_bounded(tmp_path):
 
 
 # Fields whose only non-default values need another field set too.
-COMPANIONS = {"inception_weights": {"feature_net": "inception"}, "r1_every": {"r1_weight": 1.0}}
+COMPANIONS = {"inception_weights": {"feature_net": "inception"}, "r1_every": {"r1_weight": 1.0},
+              "mlp_g_layers": {"arch": "mlp"}, "mlp_d_layers": {"arch": "mlp"},
+              "conv_bias": {"arch": "dcgan"}}
 
 
 def non_default(name: str, field) -> tuple[object, dict]:
@@ -90,6 +92,10 @@ def non_default(name: str, field) -> tuple[object, dict]:
         candidates = [default + 1, default * 2 + 10, 1, 2, 50]
     elif ann is float:
         candidates = [default / 2, default * 2 + 0.1, 0.1, 0.25]
+    elif args == [float]:  # float | None
+        candidates = [0.1, 0.25, 0.0]
+    elif typing.get_origin(ann) is tuple:
+        candidates = [(64,), (32, 16)]
     else:  # str or str | None: a named choice where there is one, else a path
         candidates = ["fashion_mnist", "cpu", "some/path.pth", "folder:some/images"]
     extra = COMPANIONS.get(name, {})
@@ -135,8 +141,11 @@ def test_set_reads_yaml_scalars():
                              "lr_g=1e-3"])
     assert (cfg.image_size, cfg.channels, cfg.data_dir, cfg.amp) == (28, 3, None, True)
     assert cfg.lr_g == 1e-3
-    with pytest.raises(ConfigError, match=r"--set width=\[1, 2\]: expected one YAML value"):
+    with pytest.raises(ConfigError, match=r"--set width: .*valid integer"):
         load_config(None, ["width=[1, 2]"])
+    with pytest.raises(ConfigError, match=r"--set width=\{a: 1\}: expected one YAML value"):
+        load_config(None, ["width={a: 1}"])
+    assert load_config(None, ["arch=mlp", "mlp_g_layers=[64, 32]"]).mlp_g_layers == (64, 32)
 
 
 def test_a_conditional_parameter_is_checked_where_its_condition_holds():

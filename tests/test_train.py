@@ -29,12 +29,12 @@ def test_a_run_writes_every_artifact(tmp_path):
     cfg = make_config(tiny(steps=8, log_every=2, sample_every=4, checkpoint_every=4))
     records = train(cfg, tmp_path).records
     assert [r["step"] for r in records] == [2, 4, 6, 8]
-    assert json.loads((tmp_path / "config.json").read_text()) == cfg.model_dump()
+    assert json.loads((tmp_path / "config.json").read_text()) == cfg.model_dump(mode="json")
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert lines == records
     assert set(LOSS_KEYS) | {"step", "img_per_s"} <= set(lines[0])
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
-        "step_000004.png", "step_000008.png"]
+        "real.png", "step_000004.png", "step_000008.png"]
     assert Image.open(tmp_path / "samples" / "step_000008.png").size == (8 * 34 + 2,) * 2
     gif = Image.open(tmp_path / "progress.gif")
     assert gif.n_frames == 2
@@ -255,3 +255,22 @@ def test_a_seconds_budget_stops_on_time_and_resumes_its_clock(tmp_path, monkeypa
     assert state["step"] == 8 and state["trained_s"] == 2.0
     resumed = train(make_config({**values, "steps": 3}), tmp_path, resume=True).records
     assert [(r["step"], r["train_s"]) for r in resumed] == [(4, 1.0), (8, 2.0), (12, 3.0)]
+
+
+def test_a_run_shows_a_grid_of_real_training_images_once(tmp_path):
+    from gan.data import load_images
+
+    cfg = make_config(tiny(arch="mlp", image_size=28, steps=4))
+    train(cfg, tmp_path)
+    real = tmp_path / "samples" / "real.png"
+    data = load_images(cfg.dataset, cfg.image_size, cfg.channels)
+    shown = np.asarray(Image.open(real).convert("L"), dtype=np.float32)
+    # every tile is a training image: its pixels are among the images' own values
+    tile = shown[2:2 + 28, 2:2 + 28] / 255 * 2 - 1
+    images = data.batch(torch.arange(len(data))).view(len(data), -1)
+    assert (images - torch.from_numpy(tile).view(1, -1)).abs().amax(dim=1).min() < 0.01
+    stamp = real.stat().st_mtime_ns
+    train(make_config({**cfg.model_dump(), "steps": 8}), tmp_path, resume=True)
+    assert real.stat().st_mtime_ns == stamp, "written once per run, not again on resume"
+    assert sorted(p.name for p in (tmp_path / "samples").glob("step_*.png")) == [
+        "step_000004.png", "step_000008.png"]
