@@ -60,8 +60,8 @@ def notebook(studies: list[str], tracking_uri: str) -> nbformat.NotebookNode:
              "    facts = ['trial_id', 'phase', 'seed', 'steps', spec.metric,\n"
              "             f'{spec.metric}_floor', 'kid', 'precision', 'recall', 'density',\n"
              "             'coverage', 'modes']\n"
-             "    display(best[facts].to_frame('product').T.assign(over_floor=best[spec.metric] "
-             "/ best[f'{spec.metric}_floor']))\n"
+             "    display(best[facts].to_frame('product').T.assign(\n"
+             "        over_floor=best[spec.metric] / best[f'{spec.metric}_floor']))\n"
              "    pair = pd.concat([best.to_frame().T, board[board['baseline']]])\n"
              "    fig = figures.sample_grids(pair.drop_duplicates('run_id'), spec.metric)"),
         md("## Optimisation history"),
