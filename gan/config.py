@@ -36,6 +36,9 @@ class TrainConfig(BaseModel):
     image_size: Literal[28, 32, 64] = 32
     channels: Literal[1, 3] = 1
     data_dir: str | None = None  # where torchvision datasets live; default: the cache directory
+    # the training split's first train_n images (null: all of it): a data-size study, or a
+    # tutorial's smaller split (TensorFlow's read_data_sets keeps 55 000 of MNIST's 60 000)
+    train_n: int | None = Field(None, ge=2)
 
     # architecture: width is pytorch/examples' ngf = ndf
     arch: Arch = "dcgan"
@@ -86,7 +89,11 @@ class TrainConfig(BaseModel):
     # seconds of training, evaluation excluded (configurations compared at equal compute; a
     # run's length then depends on the machine it runs on).
     unit: Literal["updates", "images", "seconds"] = "updates"
-    steps: int = Field(2000, ge=1)  # length of training, in `unit`
+    steps: int | None = Field(2000, ge=1)  # length of training, in `unit`; null with epochs
+    # or the length as the tutorials count it, in passes over the training split: one epoch is
+    # len(split) / batch_size real batches, one per discriminator update; converted to generator
+    # updates when the data is loaded (the run logs the conversion)
+    epochs: float | None = Field(None, gt=0, le=1e5)
     # an exponential moving average of G's weights is the generator evaluated, sampled and saved
     # (Yazici et al. 2019); 0 = off, the raw generator
     ema_decay: float = Field(0.0, ge=0, lt=1)
@@ -96,6 +103,9 @@ class TrainConfig(BaseModel):
     log_every: int = Field(50, ge=1)
     sample_every: int = Field(250, ge=1)
     checkpoint_every: int = Field(500, ge=1)
+    # also keep every checkpoint_every's G and D as checkpoints/step_NNNNNN.pt, as the
+    # tutorials save theirs per epoch (the generator in each samples with gan.sample)
+    keep_checkpoints: bool = False
 
     # evaluation: eval_n samples every eval_every steps (what early stopping sees), final_n for the
     # best checkpoint at the end (what is reported and compared); eval_every 0 turns both off
@@ -145,6 +155,16 @@ class TrainConfig(BaseModel):
                     raise ValueError(f"{key}: the mlp's hidden layers; arch {self.arch!r} has none")
         if self.conv_bias and self.arch != "dcgan":
             raise ValueError(f"conv_bias: arch {self.arch!r} has no conv layers")
+        if self.epochs is not None:
+            if "steps" in self.model_fields_set and self.steps is not None:
+                raise ValueError("epochs: the length is epochs or steps, not both")
+            if self.unit != "updates":
+                raise ValueError(f"epochs: a length in passes over the data; unit {self.unit!r} "
+                                 "has its own (use steps)")
+            # the length is the epochs; steps reads null wherever this config is written
+            object.__setattr__(self, "steps", None)
+        elif self.steps is None:
+            raise ValueError("steps: null is only for a length in epochs; set steps or epochs")
         if self.r1_every > 1 and self.r1_weight == 0:
             raise ValueError("r1_every: has no effect without r1_weight")
         if self.checkpoint_every % self.log_every:

@@ -55,6 +55,10 @@ class ImageData:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def head(self, n: int) -> ImageData:
+        labels = None if self.labels is None else self.labels[:n]
+        return ImageData(self.images[:n], labels, self.channels)
+
     def to(self, device: torch.device) -> ImageData:
         labels = None if self.labels is None else self.labels.to(device)
         return ImageData(self.images.to(device), labels, self.channels)

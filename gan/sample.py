@@ -3,13 +3,16 @@
     python -m gan.sample --checkpoint DIR/checkpoint.pt --n 64 --out grid.png [--seed 0]
     python -m gan.sample --checkpoint DIR/best.pt --n 10000 --out samples/     # 10000 PNG files
     python -m gan.sample --checkpoint DIR/best.pt --n 10000 --out samples.npz  # uint8 NHWC array
-    python -m gan.sample --checkpoint DIR/checkpoint.pt --n 72 --out walk.png --interpolate 12
+    python -m gan.sample --checkpoint DIR/checkpoint.pt --n 72 --out path.png --interpolate 12
+    python -m gan.sample --checkpoint DIR/best.pt --n 12 --out walk.png --walk 0.05 --frames 12
 
 The output's form follows --out: a `.png` file is one grid; a directory (an existing one, or a
 path ending in `/`) receives n numbered PNG files, the layout external scorers (torch-fidelity,
 clean-fid) read; a `.npz` file holds the n images as one uint8 array `images` (N, H, W, C).
 With --interpolate K (a grid only): n // K rows, each walking the latent space from one random
-point to another in K images (spherical for normal latents).
+point to another in K images (spherical for normal latents). With --walk STEP (a grid only):
+n // K rows of K frames, each row one random z with STEP added to every coordinate per frame
+(z, z + STEP, z + 2 STEP, ...), the faces tutorial's latent walk.
 """
 
 from __future__ import annotations
@@ -51,33 +54,51 @@ def interpolation_latents(rows: int, k: int, cfg: TrainConfig) -> Tensor:
     return z.reshape(rows * k, -1)
 
 
+def walk_latents(rows: int, frames: int, step: float, cfg: TrainConfig) -> Tensor:
+    z = sample_latent(rows, cfg, "cpu")
+    offsets = step * torch.arange(frames, dtype=z.dtype)
+    return (z[:, None] + offsets[None, :, None]).reshape(rows * frames, -1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python -m gan.sample", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, type=Path)
     parser.add_argument("--n", type=int, default=64, help="number of images")
     parser.add_argument("--out", required=True,
                         help="grid.png, a directory for numbered PNGs, or images.npz")
-    parser.add_argument("--interpolate", type=int, metavar="K", help="K images per row")
+    walks = parser.add_mutually_exclusive_group()
+    walks.add_argument("--interpolate", type=int, metavar="K", help="K images per row")
+    walks.add_argument("--walk", type=float, metavar="STEP",
+                       help="add STEP to every latent coordinate per frame")
+    parser.add_argument("--frames", type=int, metavar="K",
+                        help="frames per row of --walk (default 12)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.n < 1 or (args.interpolate is not None and args.interpolate < 2):
-        parser.error("--n must be >= 1 and --interpolate >= 2")
+    if args.frames is not None and args.walk is None:
+        parser.error("--frames is the length of a --walk")
+    frames = 12 if args.frames is None else args.frames
+    if args.n < 1 or (args.interpolate is not None and args.interpolate < 2) or frames < 2:
+        parser.error("--n must be >= 1, --interpolate and --frames >= 2")
+    if args.walk is not None and not math.isfinite(args.walk):
+        parser.error("--walk must be a finite number")
+    per_row = args.interpolate or (frames if args.walk is not None else None)
     out = Path(args.out)
     form = ("folder" if args.out.endswith(("/", "\\")) or out.is_dir()
             else {".png": "grid", ".npz": "npz"}.get(out.suffix.lower()))
-    if form is None or (args.interpolate and form != "grid"):
-        what = "a grid" if args.interpolate else "the samples"
+    if form is None or (per_row and form != "grid"):
+        what = "a grid" if per_row else "the samples"
         print(f"error: --out {args.out}: write {what} to a .png file"
-              + ("" if args.interpolate else ", a directory (ending in /) or a .npz file"),
+              + ("" if per_row else ", a directory (ending in /) or a .npz file"),
               file=sys.stderr)
         return 2
     try:
         generator, cfg = load_generator(args.checkpoint)
         torch.manual_seed(args.seed)
-        if args.interpolate:
-            rows = max(1, args.n // args.interpolate)
-            images = generate(generator, interpolation_latents(rows, args.interpolate, cfg))
-            save_grid(images, out, nrow=args.interpolate)
+        if per_row:
+            rows = max(1, args.n // per_row)
+            z = (interpolation_latents(rows, per_row, cfg) if args.interpolate
+                 else walk_latents(rows, per_row, args.walk, cfg))
+            save_grid(generate(generator, z), out, nrow=per_row)
         else:
             images = torch.cat([generate(generator, sample_latent(min(500, args.n - i), cfg, "cpu"))
                                 for i in range(0, args.n, 500)])

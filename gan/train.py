@@ -33,7 +33,7 @@ from gan.models import build_models
 from gan.progress import Progress
 
 # Fields a resumed run may change: they do not alter what is computed up to the checkpoint.
-RESUMABLE_FIELDS = {"steps", "threads", "device"}
+RESUMABLE_FIELDS = {"steps", "epochs", "threads", "device", "keep_checkpoints"}
 # Adam's settings: a resumed run may change them (PBT's perturbations); nothing else about it.
 OPTIMIZER_FIELDS = frozenset({"lr_g", "lr_d", "beta1", "beta2"})
 SMOKE = {"steps": 20, "log_every": 5, "sample_every": 10, "checkpoint_every": 10,
@@ -87,11 +87,13 @@ def check_finite(step: int, **losses: Tensor) -> None:
             raise DivergedError(step, name, value.item())
 
 
-def prepare_out_dir(out_dir: Path, resume: bool) -> None:
+def prepare_out_dir(out_dir: Path, resume: bool, numbered_checkpoints: bool) -> None:
     if not resume and (out_dir / "config.json").exists():
         raise ConfigError(f"{out_dir}: already holds a run; pass --resume or choose another --out")
     try:
         (out_dir / "samples").mkdir(parents=True, exist_ok=True)
+        if numbered_checkpoints:
+            (out_dir / "checkpoints").mkdir(exist_ok=True)
     except OSError as err:
         reason = err.strerror
         raise ConfigError(f"{out_dir}: cannot create the output directory ({reason})") from None
@@ -122,14 +124,19 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     # Everything that can fail on bad input happens before the first write into out_dir.
     state = resume_state(cfg, out_dir, may_change) if resume else None
     device = select_device(cfg.device)
-    data = load_images(cfg.dataset, cfg.image_size, cfg.channels, data_dir=cfg.data_dir).to(device)
+    data = training_split(cfg).to(device)
+    length = cfg.steps if cfg.epochs is None else epochs_to_updates(cfg, len(data))
     evaluator = None
     if cfg.eval_every:
         try:
             evaluator = Evaluator.of(cfg, device)
         except DatasetError as err:
             raise DatasetError(f"{err} (to train without scores, set eval_every: 0)") from None
-    prepare_out_dir(out_dir, resume)
+    prepare_out_dir(out_dir, resume, cfg.keep_checkpoints)
+    if cfg.epochs is not None:
+        print(f"epochs {cfg.epochs:g} = {length:,} generator updates ({len(data):,} training "
+              f"images, batch {cfg.batch_size}, {cfg.d_steps} D : {cfg.g_steps} G)",
+              file=sys.stderr)
     save_real_grid(data, out_dir / "samples" / "real.png", cfg.seed)
 
     torch.set_num_threads(cfg.torch_threads)
@@ -183,11 +190,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         """How far the run is, in cfg.unit, after `updates` generator updates."""
         return {"updates": updates, "images": updates * B, "seconds": trained_s}[cfg.unit]
 
-    means, progress = RunningMeans(), Progress(cfg.steps, int(clock(start)))
+    means, progress = RunningMeans(), Progress(length, int(clock(start)))
     train_seconds, window_start = 0.0, start
     fake = None
     step, before = start, clock(start)
-    while before < cfg.steps:
+    while before < length:
         t0 = time.perf_counter()
         # ------------- Discriminator: d_steps updates, once every g_steps steps -------------
         if step % cfg.g_steps == 0:
@@ -236,7 +243,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         # Order matters: the log line is on disk before the checkpoint that follows it (so a
         # resumed run never misses a line), and on_log runs once both exist.
         done, now = step + 1, clock(step + 1)
-        last = now >= cfg.steps
+        last = now >= length
 
         record = None
         if last or crossed(before, now, cfg.log_every):
@@ -261,16 +268,18 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
             save_grid(generate(product(), fixed_noise),
                       out_dir / "samples" / f"step_{done:06d}.png")
         if last or crossed(before, now, cfg.checkpoint_every):
+            networks = {"config": cfg.model_dump(), "step": done,
+                        "generator": product().state_dict(),
+                        **({"generator_raw": G.state_dict()} if ema else {}),
+                        "discriminator": D.state_dict()}
             save_checkpoint(out_dir / "checkpoint.pt", {
-                "config": cfg.model_dump(), "step": done, "trained_s": trained_s,
-                "fixed_noise": fixed_noise.cpu(), "best": best,
-                "generator": product().state_dict(),
-                **({"generator_raw": G.state_dict()} if ema else {}),
-                "discriminator": D.state_dict(),
-                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                **networks, "trained_s": trained_s, "fixed_noise": fixed_noise.cpu(),
+                "best": best, "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
                 "rng": {"torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None},
             })
+            if cfg.keep_checkpoints:
+                save_checkpoint(out_dir / "checkpoints" / f"step_{done:06d}.pt", networks)
         if record:
             if on_log:
                 on_log(record)
@@ -282,6 +291,24 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     plot_losses(records, out_dir / "losses.png")
     final = final_score(evaluator, out_dir, device) if evaluator else None
     return TrainResult(records, final)
+
+
+def training_split(cfg: TrainConfig) -> ImageData:
+    data = load_images(cfg.dataset, cfg.image_size, cfg.channels, data_dir=cfg.data_dir)
+    if cfg.train_n is None:
+        return data
+    if cfg.train_n > len(data):
+        raise DatasetError(f"train_n: {cfg.train_n} is more than the {len(data):,} training "
+                           f"images of {cfg.dataset}")
+    return data.head(cfg.train_n)
+
+
+def epochs_to_updates(cfg: TrainConfig, n_images: int) -> int:
+    """Generator updates in cfg.epochs passes over n_images: a pass is ceil(n_images /
+    batch_size) real batches (a DataLoader's count, the last one partial there), each one
+    discriminator update, with g_steps G updates per d_steps of D."""
+    batches = math.ceil(cfg.epochs * math.ceil(n_images / cfg.batch_size))
+    return math.ceil(batches * cfg.g_steps / cfg.d_steps)
 
 
 def save_real_grid(data: ImageData, path: Path, seed: int) -> None:
@@ -334,6 +361,7 @@ def resolve_config(config: str | None, sets: list[str], out_dir: Path, resume: b
         values = {**checkpoint_config(load_checkpoint(path), path).model_dump(), **values}
         source = f"{path} with overrides"
     if smoke:
+        values.pop("epochs", None)  # --smoke's length is in steps
         values.update({k: v for k, v in SMOKE.items()
                        if not (k == "eval_every" and values.get("eval_every") == 0)})
         source += " with --smoke"

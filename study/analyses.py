@@ -1,5 +1,6 @@
 """What a study's trials say beyond its winner, as frames a figure draws or a reader inspects:
-the metric by each choice (Lucic et al. 2018's view), and the best result to expect from k trials.
+the metric by each choice (Lucic et al. 2018's view), the best result to expect from k trials,
+and whether the product copies its training images.
 
 Everything here reads a StudyRecord (MLflow alone).
 """
@@ -11,7 +12,10 @@ import math
 import numpy as np
 import pandas as pd
 
-from study.records import StudyRecord
+from gan.latents import draw_latent
+from gan.metrics.evaluate import Evaluator
+from gan.metrics.memorisation import Memorisation, memorisation_check
+from study.records import StudyRecord, load_generator
 from study.spec import CategoricalParam
 
 NUMERIC_BINS = 3  # a numeric parameter is shown by thirds of its sampled values
@@ -86,3 +90,14 @@ def expected_best(record: StudyRecord, draws: int = 2000, seed: int = 0) -> pd.D
                               "high": np.quantile(best, 0.95, axis=0)},
                              index=pd.RangeIndex(1, len(values) + 1, name="trials"))
     return frame
+
+
+def memorisation(row: pd.Series, n: int = 2000, seed: int = 0) -> Memorisation:
+    """The memorisation check of a trial's logged generator, in its run's feature space."""
+    evaluator = Evaluator(row["dataset"], int(row["image_size"]), "cpu", int(row["channels"]),
+                          row["feature_net"], inception_weights=row["inception_weights"])
+
+    def draw(k: int, rng):
+        return draw_latent(row["latent_dist"], k, int(row["latent_dim"]), generator=rng)
+
+    return memorisation_check(evaluator, load_generator(row), draw, n=n, seed=seed)

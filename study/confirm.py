@@ -71,7 +71,7 @@ def best_choice(table: pd.DataFrame | None, spec: StudySpec, final: bool = False
         who = f"the search's best trial by final {spec.metric}"
     else:
         label = table.iloc[0]["label"]
-        name = "the baseline (the reference configuration)" if label == "baseline" else label
+        name = f"the baseline ({spec.baseline_name})" if label == "baseline" else label
         who = (f"{name}: the best mean final {spec.metric} over the confirmation's "
                f"{int(table.iloc[0]['n'])} seeds")
     if final:

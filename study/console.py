@@ -26,7 +26,7 @@ def print_report(out: dict[str, Any], spec: StudySpec, study_dir: Path,
     print("\ntop 5 by final", spec.metric)
     print(board[columns].head(5).to_string(index=False))
     base = rows[rows["baseline"]]
-    print("\nbaseline (reference configuration)")
+    print(f"\nbaseline ({spec.baseline_name})")
     print(base[columns].to_string(index=False))
     if out["confirm_table"] is not None:
         print(f"\nconfirmation: mean and sd of final {spec.metric} over "

@@ -68,21 +68,55 @@ def sample_grids(rows: pd.DataFrame, metric: str, n: int = 36, seed: int = 0) ->
     return fig
 
 
-def interpolation(row: pd.Series, rows: int = 6, k: int = 10, seed: int = 0) -> Figure:
-    """Walks through the latent space of one generator: each row from one point to another."""
+def interpolation(row: pd.Series, rows: int = 6, k: int = 10, walk_step: float = 0.05,
+                  seed: int = 0) -> Figure:
+    """Two walks through one generator's latent space, side by side: each row from one random
+    point to another, and each row from one z with walk_step added to every coordinate per frame
+    (the faces tutorial's walk)."""
     import torch
 
     from gan.config import make_config
-    from gan.sample import interpolation_latents
+    from gan.sample import interpolation_latents, walk_latents
 
     generator = load_generator(row)
     cfg = make_config({"latent_dim": int(row["latent_dim"]), "latent_dist": row["latent_dist"]})
     torch.manual_seed(seed)
-    images = generator(interpolation_latents(rows, k, cfg))
-    fig, ax = plt.subplots(figsize=(k * 0.9, rows * 0.9))
-    ax.imshow(_grid(images, nrow=k))
-    ax.set_title(f"latent interpolation, {row['label'] or row['trial_id']}")
-    ax.axis("off")
+    paths = {"between two points": interpolation_latents(rows, k, cfg),
+             f"z + {walk_step:g} per frame": walk_latents(rows, k, walk_step, cfg)}
+    fig, axes = plt.subplots(1, 2, figsize=(2 * k * 0.9, rows * 0.9 + 0.6))
+    for ax, (name, z) in zip(axes, paths.items(), strict=True):
+        ax.imshow(_grid(generator(z), nrow=k))
+        ax.set_title(f"{name}, {row['label'] or row['trial_id']}", fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def memorisation(row: pd.Series, n: int = 2000, seed: int = 0) -> Figure:
+    """Left: 16 samples, each followed by its 3 nearest training images (feature space); right:
+    the distance from each sample, and from each held-out real image, to its nearest training
+    image. A generator that copies has its samples' distances well left of the held-out ones."""
+    import torch
+
+    check = analyses.memorisation(row, n, seed)
+    groups = torch.cat([check.samples[:, None], check.neighbours], dim=1)  # (16, 1 + k, ...)
+    per_group = groups.shape[1]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2),
+                                      gridspec_kw={"width_ratios": [1.2, 1]})
+    left.imshow(_grid(groups.flatten(0, 1), nrow=2 * per_group))
+    left.set_title(f"each sample, then its {per_group - 1} nearest training images", fontsize=9)
+    left.axis("off")
+    bins = np.linspace(0, float(torch.cat([check.sample_distances,
+                                          check.held_out_distances]).max()), 40)
+    right.hist(check.held_out_distances.numpy(), bins=bins, alpha=0.6,
+               label="held-out real images")
+    right.hist(check.sample_distances.numpy(), bins=bins, alpha=0.6, label="samples")
+    right.set_xlabel("distance to the nearest training image (feature space)")
+    right.set_title(f"median ratio {check.median_ratio:.2f}; "
+                    f"{check.near_copies:.1%} of samples nearer than 99% of held-out images",
+                    fontsize=9)
+    right.legend(fontsize=8)
+    fig.tight_layout()
     return fig
 
 

@@ -114,11 +114,21 @@ def _row(run: Run, spec: StudySpec, dists: dict, history: pd.DataFrame) -> dict[
         "model_uri": tags.get("generator_model_uri", ""),
         "latent_dim": int(params.get("latent_dim", 100)),
         "latent_dist": params.get("latent_dist", "normal"),
+        # what its samples are scored against: the evaluator of its config
+        "dataset": params.get("dataset", spec.dataset),
+        "image_size": int(params.get("image_size", 32)),
+        "channels": int(params.get("channels", 1)),
+        "feature_net": params.get("feature_net", "auto"),
+        "inception_weights": _none(params.get("inception_weights", "None")),
     }
     for m in QUALITY:
         row[m] = metrics.get(f"final_{m}", math.nan) if done else math.nan
         row[f"{m}_floor"] = metrics.get(f"{m}_floor", math.nan) if done else math.nan
     return row
+
+
+def _none(text: str) -> str | None:
+    return None if text == "None" else text
 
 
 def leaderboard(record: StudyRecord, phase: str = "search") -> pd.DataFrame:
@@ -153,10 +163,31 @@ def ranking(record: StudyRecord, phase: str = "search") -> pd.DataFrame:
     return pd.concat([board, rest]).reset_index(drop=True)
 
 
-def display_columns(frame: pd.DataFrame) -> list[str]:
+RESULT_COLUMNS = ("fid", "fid_floor", "kid", "precision", "recall", "density", "coverage", "modes",
+                  "best_eval_fid", "steps", "status", "reason")
+
+
+def board_views(frame: pd.DataFrame, lead: tuple[str, ...] = ("trial_id",)
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A leaderboard as two tables that fit a page, rows in the same order: the results
+    (metrics and how each trial ended) and the searched values, each led by `lead`. Columns
+    that hold one value for every row are dropped (said once is enough), numbers shown to 3
+    significant digits, searched values under their field names."""
+    marks = [c for c in ("label", "baseline") if c in frame]
+    results = frame[[*lead, *marks, *[c for c in RESULT_COLUMNS if c in frame]]]
     params = [c for c in frame.columns if c.startswith("param_")]
-    return ["trial_id", "label", "baseline", *params, "fid", "fid_floor", "kid", "precision",
-            "recall", "density", "coverage", "modes", "best_eval_fid", "steps", "status", "reason"]
+    values = frame[[*lead, *params]].rename(columns=lambda c: c.removeprefix("param_"))
+    return _compact(results, keep=lead), _compact(values, keep=lead)
+
+
+def _compact(frame: pd.DataFrame, keep: tuple[str, ...]) -> pd.DataFrame:
+    varying = [c for c in frame.columns
+               if c in keep or frame[c].astype(str).nunique(dropna=False) > 1]
+    out = frame[varying].copy()
+    for c in out.columns:
+        if pd.api.types.is_float_dtype(out[c]):
+            out[c] = out[c].map(lambda v: "" if math.isnan(v) else f"{v:.3g}")
+    return out.reset_index(drop=True)
 
 
 def optuna_study(record: StudyRecord) -> optuna.Study:

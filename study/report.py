@@ -42,9 +42,13 @@ def notebook(studies: list[str], tracking_uri: str) -> nbformat.NotebookNode:
         md("## Leaderboard\n\nEvery search trial; completed ones best first. The metric is each "
            "trial's best checkpoint re-scored with `final_n` samples; `fid_floor` is the FID of "
            "two real samples of that size, the best a generator can score. Trials stopped early "
-           "have no final score: `best_eval_fid` (with `eval_n` samples) shows how far they got."),
+           "have no final score: `best_eval_fid` (with `eval_n` samples) shows how far they got. "
+           "The second table holds each trial's searched values, in the same order; a column "
+           "with one value for every trial is left out."),
         code("board = records.leaderboard(record)  # completed only: the figures below use it\n"
-             "ranking = records.ranking(record)\nranking[records.display_columns(ranking)]"),
+             "ranking = records.ranking(record)\n"
+             "results, searched = records.board_views(ranking)\n"
+             "display(results)\ndisplay(searched)"),
         md("## Confirmation\n\nThe top configurations and the baseline re-trained with new seeds: "
            "mean and sd of the final metric. Claims are made from this table."),
         code("confirm = record.phase('confirm')\n"
@@ -95,8 +99,16 @@ def notebook(studies: list[str], tracking_uri: str) -> nbformat.NotebookNode:
            "(same latent seed for each); the baseline beside them."),
         code("top = pd.concat([board.head(4), board[board['baseline']]]).drop_duplicates('run_id')"
              "\nif not board.empty:\n    fig = figures.sample_grids(top, spec.metric)"),
-        md("## Latent interpolation of the product"),
+        md("## Latent interpolation of the product\n\nLeft, each row walks from one random point "
+           "to another; right, each row adds 0.05 to every coordinate of one z per frame, the "
+           "faces tutorial's walk. Smooth rows mean a smooth latent space."),
         code("if best is not None:\n    fig = figures.interpolation(best)"),
+        md("## Memorisation check\n\nDoes the product copy its training images? Left, 16 "
+           "samples, each followed by its three nearest training images in the metrics' feature "
+           "space; right, each of 2000 samples' distance to its nearest training image against "
+           "the same distance for 2000 held-out real images. Copies sit far left of the "
+           "held-out distances (median ratio well under 1)."),
+        code("if best is not None:\n    fig = figures.memorisation(best)"),
         md("## Training progress of the product\n\nThe fixed-noise sample grid logged at each "
            "evaluation of its run."),
         code("if best is not None:\n    fig = figures.progress_strip(record, best)"),
@@ -107,7 +119,8 @@ def notebook(studies: list[str], tracking_uri: str) -> nbformat.NotebookNode:
                "of each side by side."),
             code("both = pd.concat([records.ranking(r).assign(study=r.name) for r in studies])"
                  "\nboth = both.sort_values(spec.metric, ascending=spec.direction == 'min')\n"
-                 "both[['study', *records.display_columns(both)]]"),
+                 "for table in records.board_views(both, lead=('study', 'trial_id')):\n"
+                 "    display(table)"),
             code("fig = figures.compare_best(studies)"),
         ]
     nb = new_notebook(cells=cells)

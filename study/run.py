@@ -49,6 +49,8 @@ def smoke_spec(spec: StudySpec) -> StudySpec:
         data["scheduler"].update(perturbation_interval=20)
     space = {k: v for k, v in data["space"].items() if k not in SMOKE_FIXED}
     data["space"], data["fixed"] = space, {**data["fixed"], **SMOKE_FIXED}
+    if data["baseline"]:  # the baseline shrinks with the trials it is compared with
+        data["baseline"]["values"].update(SMOKE_FIXED)
     if data["confirm"]:
         data["confirm"] = {"top_k": 1, "seeds": 2}
     if data["final"]:

@@ -15,7 +15,8 @@ from gan.errors import ConfigError
 from study.runnable import active
 from study.spec import CategoricalParam, FloatParam, IntParam, StudySpec
 
-# The seed tutorials' reference configuration (Radford et al. 2015; pytorch/examples).
+# The baseline where a spec names no file: the seed tutorials' reference configuration
+# (Radford et al. 2015; pytorch/examples).
 REFERENCE = {"lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5, "beta2": 0.999, "latent_dim": 100,
              "d_steps": 1, "g_steps": 1, "loss": "ns"}
 
@@ -65,17 +66,21 @@ def is_baseline(config: dict[str, Any], baseline: dict[str, Any]) -> bool:
 
 
 def baseline_params(spec: StudySpec) -> dict[str, Any]:
-    """The reference configuration in the spec's space: reference values where it names them,
-    TrainConfig's defaults elsewhere, only for the parameters that are active."""
+    """The baseline in the spec's space, for the parameters that are active: the baseline
+    file's values, or the reference values; TrainConfig's defaults for what neither names."""
     defaults = TrainConfig().model_dump()
+    named = spec.baseline.values if spec.baseline else REFERENCE
     params: dict[str, Any] = {}
     for key, p in spec.space.items():
         if not active(p.when, params):
             continue
-        value = REFERENCE.get(key, defaults[key])
+        value = named.get(key, defaults[key])
         if isinstance(p, CategoricalParam) and value not in p.choices:
             raise ConfigError(f"space.{key}.choices: must include the baseline's {value!r}, "
-                              "so that the study always reports the reference configuration")
+                              f"so that the study always reports {spec.baseline_name}")
+        if isinstance(p, FloatParam | IntParam) and not p.low <= value <= p.high:
+            raise ConfigError(f"space.{key}: [{p.low}, {p.high}] must include the baseline's "
+                              f"{value!r}, so that the study always reports {spec.baseline_name}")
         params[key] = value
     return params
 

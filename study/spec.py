@@ -24,8 +24,8 @@ from gan.errors import ConfigError
 from study.reported import QUALITY
 from study.runnable import check_runnable
 
-STUDY_CONTROLLED = {"unit", "steps", "eval_every", "seed", "threads", "device", "log_every",
-                    "checkpoint_every", "sample_every"}
+STUDY_CONTROLLED = {"unit", "steps", "epochs", "eval_every", "seed", "threads", "device",
+                    "log_every", "checkpoint_every", "sample_every"}
 Unit = Literal["updates", "images", "seconds"]
 # What a trial's reports measure its progress by, per budget unit: ASHA's time attribute.
 PROGRESS = {"updates": "step", "images": "images", "seconds": "train_s"}
@@ -150,6 +150,29 @@ class RandomSearch(Strict):
         return "random"
 
 
+class BaselineFile(Strict):
+    """A TrainConfig file as the study's baseline: its values, read once when the spec is
+    loaded, travel with the spec (a resumed study or a report needs no file)."""
+
+    path: str
+    values: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _valid(self) -> BaselineFile:
+        try:
+            make_config(self.values, self.path)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+        return self
+
+    @property
+    def trained_values(self) -> dict[str, Any]:
+        """The file's hyperparameters: what the study sets itself (length, evaluation, seed,
+        threads, dataset) is the study's."""
+        return {k: v for k, v in self.values.items()
+                if k not in STUDY_CONTROLLED and k != "dataset"}
+
+
 UNION_TAGS = frozenset({"float", "int", "categorical", "asha", "pbt", "none", "tpe", "random"})
 
 
@@ -170,8 +193,26 @@ class StudySpec(Strict):
     max_failures: int = Field(1, ge=0, le=10)  # retries of a crashed trial, from its checkpoint
     confirm: Confirm | None = None
     final: Final | None = None
+    # the configuration enqueued first and confirmed beside the best: the seed tutorials'
+    # reference values, or a TrainConfig file (`baseline: configs/mlp_mnist.yaml`) whose values
+    # every trial starts from
+    baseline: BaselineFile | None = None
     fixed: dict[str, Any] = {}
     space: dict[str, Param] = Field(min_length=1)
+
+    @property
+    def baseline_name(self) -> str:
+        return self.baseline.path if self.baseline else "the reference configuration"
+
+    @field_validator("baseline", mode="before")
+    @classmethod
+    def _baseline_file(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return {"path": value, "values": read_yaml(value)}
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
 
     @property
     def direction(self) -> str:
@@ -212,6 +253,12 @@ class StudySpec(Strict):
                                      "resources, dataset), not here")
         for key in set(self.fixed) & set(self.space):
             raise ValueError(f"space.{key}: also in fixed")
+        if self.baseline:
+            for key, value in self.baseline.trained_values.items():
+                if key in self.fixed and self.fixed[key] != value:
+                    raise ValueError(f"fixed.{key}: {self.fixed[key]!r} differs from the "
+                                     f"baseline's {value!r} ({self.baseline.path}); what a "
+                                     "study varies from its baseline belongs in space")
         seen: dict[str, Param] = {}
         for key, param in self.space.items():
             for cond_key, values in (param.when or {}).items():
@@ -261,7 +308,8 @@ def trial_values(spec: StudySpec, params: dict[str, Any], seed: int | None = Non
     final phase's length where `final`)."""
     length = spec.final if final and spec.final else spec.budget
     eval_every = length.eval_every
-    return {**spec.fixed, **params, "dataset": spec.dataset, "unit": spec.budget.unit,
+    start = spec.baseline.trained_values if spec.baseline else {}
+    return {**start, **spec.fixed, **params, "dataset": spec.dataset, "unit": spec.budget.unit,
             "steps": length.steps,
             "eval_every": eval_every, "log_every": _log_every(eval_every, spec.budget.unit),
             "checkpoint_every": eval_every, "sample_every": eval_every,

@@ -40,6 +40,19 @@ def test_cross_field_rules():
         make_config({"log_every": 30, "checkpoint_every": 50})
 
 
+def test_a_length_is_steps_or_epochs_never_both():
+    assert make_config({}).steps == 2000 and make_config({}).epochs is None
+    by_epochs = make_config({"epochs": 20})
+    assert by_epochs.steps is None and by_epochs.epochs == 20
+    assert make_config(by_epochs.model_dump()) == by_epochs
+    with pytest.raises(ConfigError, match="epochs: the length is epochs or steps, not both"):
+        make_config({"epochs": 20, "steps": 100})
+    with pytest.raises(ConfigError, match="epochs: a length in passes over the data; unit "):
+        make_config({"epochs": 20, "unit": "seconds"})
+    with pytest.raises(ConfigError, match="steps: null is only for a length in epochs"):
+        make_config({"steps": None})
+
+
 def test_yaml_then_set_overrides_with_type_conversion(tmp_path):
     path = tmp_path / "c.yaml"
     # PyYAML reads 2e-4 (no dot) as a string: the config must still take it as a float.
@@ -92,6 +105,8 @@ def non_default(name: str, field) -> tuple[object, dict]:
         candidates = [default + 1, default * 2 + 10, 1, 2, 50]
     elif ann is float:
         candidates = [default / 2, default * 2 + 0.1, 0.1, 0.25]
+    elif args == [int]:  # int | None
+        candidates = [(default or 0) + 1, 50]
     elif args == [float]:  # float | None
         candidates = [0.1, 0.25, 0.0]
     elif typing.get_origin(ann) is tuple:

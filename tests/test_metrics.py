@@ -14,6 +14,7 @@ from gan.evaluate import main as evaluate_main
 from gan.metrics.distances import class_metrics, fid, gaussian_stats, kid, manifold_metrics
 from gan.metrics.evaluate import Evaluator
 from gan.metrics.features import accuracy, load_feature_net
+from gan.metrics.memorisation import memorisation_check, nearest
 from gan.train import train
 from tests.conftest import tiny
 from tests.test_data import write_faces
@@ -191,3 +192,40 @@ def test_evaluate_real_prints_one_json_object(capsys):
     scores = json.loads(out[0])
     assert scores["n"] == 1000 and scores["fid"] == scores["fid_floor"]
     assert scores["classifier_accuracy"] >= 0.99
+
+
+class _Replay(torch.nn.Module):
+    """A 'generator' that returns given images in order, whatever its latents."""
+
+    def __init__(self, images: torch.Tensor):
+        super().__init__()
+        self.images, self.at = images, 0
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.images[self.at:self.at + len(z)]
+        self.at += len(z)
+        return out
+
+
+def test_memorisation_check_tells_copies_from_new_images(evaluator):
+    draw = lambda k, rng: torch.rand(k, 4, generator=rng)  # noqa: E731
+    train_data = load_images("mnist", 28, 1)
+    copies = train_data.batch(torch.arange(5000, 5300))
+    copier = memorisation_check(evaluator, _Replay(copies), draw, n=300, shown=4, k=2)
+    assert copier.near_copies == 1.0 and copier.median_ratio < 1e-3
+    # its nearest training image is itself, found by brute force on the features too
+    train_features = evaluator.space.embed(train_data.batch(torch.arange(len(train_data))))[0]
+    shown = evaluator.space.embed(copier.samples)[0]
+    brute = torch.cdist(shown.double(), train_features.double()).argmin(1)
+    assert brute.tolist() == [5000, 5001, 5002, 5003]
+    assert torch.equal(copier.neighbours[:, 0], copies[:4])
+    # new real images (the test split's last ones) are as far from the training set as the
+    # held-out images the check compares with
+    test = load_images("mnist", 28, 1, split="test")
+    fresh = test.batch(torch.arange(len(test) - 300, len(test)))
+    honest = memorisation_check(evaluator, _Replay(fresh), draw, n=300)
+    assert 0.8 < honest.median_ratio < 1.25 and honest.near_copies < 0.05
+    d, i = nearest(shown, train_features, 2)
+    # float32 rounding leaves a copy's distance to itself near, not at, zero
+    assert (d[:, 0] < 0.01 * honest.held_out_distances.median()).all()
+    assert i[:, 0].tolist() == brute.tolist()

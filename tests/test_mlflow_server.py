@@ -1,13 +1,9 @@
 """A smoke study tracked through a real `mlflow server` on 127.0.0.1, read back over HTTP, and
 the server's UI loaded in headless Chromium."""
 
+import html
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
+import re
 import urllib.request
 from pathlib import Path
 
@@ -15,61 +11,26 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from study import browser, ui
 from study.run import main
 
 ROOT = Path(__file__).parents[1]
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(url: str, timeout_s: float, proc: subprocess.Popen) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        assert proc.poll() is None, "mlflow server exited"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    raise AssertionError(f"{url} did not answer in {timeout_s} s")
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    mlflow_cli = Path(sys.executable).with_name("mlflow")
-    # Job workers serve GenAI features this project does not use: 7 idle processes otherwise.
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with open(root / "server.log", "w") as log:
-        proc = subprocess.Popen(
-            [str(mlflow_cli), "server", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-             "--artifacts-destination", str(root / "artifacts")],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(f"{url}/health", 180, proc)
+    with ui.mlflow_server(f"sqlite:///{root / 'mlflow.db'}", root / "artifacts",
+                          root / "server.log") as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
 def served_study(ray_session, mlflow_server, tmp_path_factory):
     out = tmp_path_factory.mktemp("served") / "smoke"
     assert main([str(ROOT / "search_spaces" / "smoke.yaml"), "--out", str(out),
-                 "--mlflow-uri", mlflow_server, "--no-report"]) == 0
+                 "--mlflow-uri", mlflow_server, "--reports-dir", str(out.parent / "reports")]) == 0
     return out
 
 
@@ -92,27 +53,62 @@ def test_study_through_a_server_reads_back_over_http(mlflow_server, served_study
         parent.info.run_id)}
 
 
-def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def test_mlflow_ui_lists_the_study_runs_in_a_browser(mlflow_server, served_study, tmp_path):
-    browser = chromium()
-    if browser is None:
+def needs_chromium() -> None:
+    if browser.chromium() is None:
         if os.environ.get("CI") == "true":
             pytest.fail("chromium is missing under CI (.ci/run installs it)")
         pytest.skip("NOTICE: no chromium on this machine: the MLflow UI browser check did not run")
+
+
+def test_mlflow_ui_lists_the_study_runs_in_a_browser(mlflow_server, served_study, tmp_path):
+    needs_chromium()
     experiment = MlflowClient(mlflow_server).get_experiment_by_name("smoke")
     page = f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--window-size=1600,1000", "--virtual-time-budget=20000"]
-    screenshot = tmp_path / "mlflow-ui-runs.png"
-    dom = subprocess.run([browser, *flags, f"--user-data-dir={tmp_path / 'profile-a'}",
-                          "--dump-dom", page], capture_output=True, text=True, timeout=180).stdout
-    subprocess.run([browser, *flags, f"--user-data-dir={tmp_path / 'profile-b'}",
-                    f"--screenshot={screenshot}", page], capture_output=True, timeout=180)
+    dom = browser.page_dom(page, width=1600)
+    screenshot = browser.screenshot(page, tmp_path / "mlflow-ui-runs.png", width=1600)
     print(f"screenshot of the MLflow UI: {screenshot}")
     assert "smoke study" in dom  # the parent run, by name
     assert "matching runs" in dom
     assert screenshot.stat().st_size > 10_000
+
+
+def test_the_parent_run_page_tells_the_verdict_and_serves_the_report(mlflow_server,
+                                                                     served_study):
+    """A reviewer who opens the study's run in the MLflow UI reads the verdict there, and the
+    executed report opens from its artifacts."""
+    needs_chromium()
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("smoke")
+    parent = next(r for r in client.search_runs([experiment.experiment_id], max_results=1000)
+                  if r.data.tags.get("ganstudy.role") == "study")
+    note = parent.data.tags["mlflow.note.content"]
+    verdict = next(line for line in note.splitlines() if line.startswith("**Verdict:**"))
+    words = verdict.removeprefix("**Verdict:** ").split(" (")[0]  # before the numbers
+    rid = parent.info.run_id
+    dom = browser.page_dom(f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs/{rid}")
+    assert "Verdict:" in dom and html.escape(words, quote=False) in dom
+    # the UI's artifact view fetches the report and shows it in its sandboxed HTML frame
+    view = browser.page_dom(f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs/{rid}"
+                            "/artifacts/report/smoke.html")
+    assert re.search(r'<iframe src="blob:[^"]+"[^>]*class="mlflow-html-iframe"', view)
+    # which is the executed report (the server sends it as a download, so read it over HTTP)
+    with urllib.request.urlopen(f"{mlflow_server}/get-artifact?path=report/smoke.html"
+                                f"&run_uuid={rid}", timeout=60) as response:
+        report = response.read().decode()
+    assert "Leaderboard" in report and "Memorisation check" in report
+
+
+def test_the_screenshot_script_shoots_the_study_run_its_list_and_report(mlflow_server,
+                                                                       served_study, tmp_path):
+    from PIL import Image
+
+    from study.screenshots import take
+
+    needs_chromium()
+    shots = take("smoke", mlflow_server, tmp_path)
+    assert [p.name for p in shots] == ["mlflow_smoke_study_run.png", "mlflow_smoke_runs.png",
+                                       "report_smoke.png"]
+    for path in shots:
+        image = Image.open(path)
+        assert image.size[0] == 1400
+        assert len(set(image.convert("L").resize((64, 64)).getdata())) > 20  # not blank

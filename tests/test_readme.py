@@ -11,7 +11,7 @@ from gan.config import TrainConfig
 ROOT = Path(__file__).parents[1]
 README = (ROOT / "README.md").read_text()
 CLIS = ["gan.train", "gan.sample", "gan.evaluate", "gan.data", "gan.metrics.features",
-        "study.run", "study.report"]
+        "study.run", "study.report", "study.screenshots"]
 
 
 def test_every_train_config_field_is_documented():

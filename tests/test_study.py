@@ -186,6 +186,7 @@ def test_bad_spec_is_one_line_exit_2_nothing_written_no_ray(path, tmp_path, caps
         raise AssertionError("validation let a bad spec through to Ray")
 
     monkeypatch.setattr(run_module, "run_study", must_not_run)
+    monkeypatch.chdir(ROOT)  # a spec's baseline file is the working directory's
     expected = path.read_text().splitlines()[0].removeprefix("# expect: ")
     out = tmp_path / "study"
     assert main([str(path), "--out", str(out)]) == 2
@@ -203,11 +204,39 @@ def test_scheduler_and_searcher_by_name():
     assert spec.scheduler.type == "none" and spec.searcher.type == "random"
 
 
-def test_every_shipped_search_space_validates():
+def test_every_shipped_search_space_validates(monkeypatch):
+    monkeypatch.chdir(ROOT)
     for path in sorted((ROOT / "search_spaces").glob("*.yaml")):
         spec = load_spec(path)
         assert baseline_params(spec), path
         assert yaml.safe_load(path.read_text())["name"] == spec.name
+
+
+@pytest.mark.slow
+def test_a_baseline_file_is_run_first_as_written_and_confirmed(ray_session, tmp_path,
+                                                               monkeypatch):
+    """basic.yaml studies the basic tutorial from its config file: the file's values are the
+    first trial's and every trial's starting point, and the baseline is confirmed over seeds."""
+    monkeypatch.chdir(ROOT)
+    written = yaml.safe_load((ROOT / "configs" / "basic_1d2g_uniform.yaml").read_text())
+    out = tmp_path / "basic"
+    assert main([str(ROOT / "search_spaces" / "basic.yaml"), "--smoke", "--out", str(out),
+                 "--no-report"]) == 0
+    spec = load_spec(out / "spec.yaml")  # the baseline travels in the spec: no file needed
+    assert spec.baseline.path == "configs/basic_1d2g_uniform.yaml"
+    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}")
+    first = optuna.load_study(study_name="basic-smoke", storage=storage).trials[0]
+    assert first.params == {k: written[k] for k in first.params}
+    assert {"latent_dist", "d_steps", "g_steps", "lr_g", "init"} <= set(first.params)
+    summary = pd.read_csv(out / "summary.csv")
+    base = summary[summary["baseline"]]
+    assert len(base) == 1 and base["status"].item() == "completed"
+    for trial_dir in (out / "trials").iterdir():  # every trial starts from the file
+        cfg = json.loads((trial_dir / "config.json").read_text())
+        assert (cfg["output"], cfg["bias_init"], cfg["mlp_g_layers"]) == ("sigmoid", 0.1, [128])
+    confirmed = pd.read_csv(out / "confirmation.csv")
+    confirmed = confirmed[confirmed["label"] == "baseline"]
+    assert len(confirmed) == 2 and (confirmed["status"] == "completed").all()
 
 
 @pytest.mark.slow

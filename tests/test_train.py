@@ -12,10 +12,12 @@ from PIL import Image
 import gan.train as train_module
 from gan.checkpoint import load_checkpoint
 from gan.config import make_config
-from gan.errors import ConfigError, DivergedError
+from gan.data import load_images
+from gan.errors import ConfigError, DatasetError, DivergedError
 from gan.losses import Loss
 from gan.sample import main as sample_main
-from gan.train import OPTIMIZER_FIELDS, main, train
+from gan.sample import walk_latents
+from gan.train import OPTIMIZER_FIELDS, main, train, training_split
 from tests.conftest import tiny
 
 LOSS_KEYS = ("loss_d", "loss_g", "d_real", "d_fake", "acc_real", "acc_fake")
@@ -40,6 +42,7 @@ def test_a_run_writes_every_artifact(tmp_path):
     assert gif.n_frames == 2
     assert Image.open(tmp_path / "losses.png").size[0] > 500
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 8
+    assert not (tmp_path / "checkpoints").exists()  # numbered checkpoints are a choice
 
 
 def test_same_config_and_seed_give_identical_losses(tmp_path):
@@ -274,3 +277,60 @@ def test_a_run_shows_a_grid_of_real_training_images_once(tmp_path):
     assert real.stat().st_mtime_ns == stamp, "written once per run, not again on resume"
     assert sorted(p.name for p in (tmp_path / "samples").glob("step_*.png")) == [
         "step_000004.png", "step_000008.png"]
+
+
+def test_a_length_in_epochs_is_passes_over_the_training_split(tmp_path, capsys):
+    # 100 images at batch 16 are 7 batches a pass (the last one partial): 2 epochs are 14
+    # discriminator updates, 28 generator updates at 1 D : 2 G
+    values = {**tiny(log_every=2, checkpoint_every=2), "train_n": 100, "epochs": 2, "g_steps": 2}
+    del values["steps"]
+    cfg = make_config(values)
+    records = train(cfg, tmp_path).records
+    assert records[-1]["step"] == 28
+    assert "epochs 2 = 28 generator updates (100 training images, batch 16, 1 D : 2 G)" in (
+        capsys.readouterr().err)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["epochs"] == 2 and saved["steps"] is None
+    assert make_config(saved) == cfg  # a saved config loads back as the same length
+
+
+def test_train_n_takes_the_first_images_of_the_training_split():
+    full = load_images("mnist", 32, 1)
+    part = training_split(make_config({"train_n": 100}))
+    assert len(part) == 100 and torch.equal(part.images, full.images[:100])
+    assert torch.equal(part.labels, full.labels[:100])
+    with pytest.raises(DatasetError, match="train_n: 70000 is more than the 60,000"):
+        training_split(make_config({"train_n": 70_000}))
+
+
+def test_kept_checkpoints_are_numbered_networks_that_each_sample(tmp_path):
+    cfg = make_config(tiny(steps=6, log_every=2, checkpoint_every=2, keep_checkpoints=True,
+                           ema_decay=0.5))
+    train(cfg, tmp_path)
+    kept = sorted((tmp_path / "checkpoints").iterdir())
+    assert [p.name for p in kept] == ["step_000002.pt", "step_000004.pt", "step_000006.pt"]
+    first, last = (load_checkpoint(p, full=False) for p in (kept[0], kept[-1]))
+    whole = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert first["step"] == 2 and last["step"] == 6 and "opt_g" not in last
+    for key in ("generator", "generator_raw", "discriminator"):
+        assert all(torch.equal(v, whole[key][k]) for k, v in last[key].items())
+        assert any(not torch.equal(v, last[key][k]) for k, v in first[key].items())
+    assert sample_main(["--checkpoint", str(kept[0]), "--n", "4",
+                        "--out", str(tmp_path / "g.png")]) == 0
+
+
+def test_the_latent_walk_adds_its_step_to_every_coordinate_per_frame(tmp_path, capsys):
+    cfg = make_config(tiny())
+    torch.manual_seed(0)
+    z = walk_latents(2, 5, 0.05, cfg).reshape(2, 5, -1)
+    assert torch.allclose(z[:, 3] - z[:, 0], torch.full_like(z[:, 0], 0.15))
+    assert not torch.equal(z[0, 0], z[1, 0])  # each row walks from its own z
+    train(cfg, tmp_path / "run")
+    ckpt = str(tmp_path / "run" / "checkpoint.pt")
+    assert sample_main(["--checkpoint", ckpt, "--n", "12", "--walk", "0.05", "--frames", "6",
+                        "--out", str(tmp_path / "walk.png")]) == 0
+    assert Image.open(tmp_path / "walk.png").size == (6 * 34 + 2, 2 * 34 + 2)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        sample_main(["--checkpoint", ckpt, "--frames", "6", "--out", str(tmp_path / "w.png")])
+    assert stop.value.code == 2 and "--frames is the length of a --walk" in capsys.readouterr().err

@@ -58,7 +58,7 @@ def kid(real: Tensor, fake: Tensor, subsets: int = 100, subset_size: int = 1000,
     return {"kid": float(np.mean(values)), "kid_std": float(np.std(values))}
 
 
-def _sq_dists(a: Tensor, b: Tensor) -> Tensor:
+def squared_distances(a: Tensor, b: Tensor) -> Tensor:
     """|a_i|^2 - 2 a_i.b_j + |b_j|^2, the matmul and one norm in a single BLAS call. Rounding can
     leave tiny negatives; they compare correctly, so no clamping pass."""
     return torch.addmm((b * b).sum(1)[None, :], a, b.T, alpha=-2).add_((a * a).sum(1, keepdim=True))
@@ -68,7 +68,7 @@ def _knn_radii(x: Tensor, ks: tuple[int, ...], chunk: int) -> list[Tensor]:
     """For each k: squared distance from each row to its k-th nearest neighbour (itself
     excluded). One pass serves every k."""
     # the k+1 smallest distances include the zero distance of each point to itself
-    nearest = torch.cat([_sq_dists(x[i:i + chunk], x).topk(max(ks) + 1, dim=1,
+    nearest = torch.cat([squared_distances(x[i:i + chunk], x).topk(max(ks) + 1, dim=1,
                                                            largest=False).values
                          for i in range(0, len(x), chunk)])
     return [nearest[:, k] for k in ks]
@@ -91,7 +91,7 @@ def manifold_metrics(real: Tensor, fake: Tensor, k: int = 3, k_dc: int = 5,
     covered = torch.zeros(len(real), dtype=torch.bool)
     balls = 0
     for i in range(0, len(fake), chunk):
-        d = _sq_dists(fake[i:i + chunk], real)  # (chunk, N_real)
+        d = squared_distances(fake[i:i + chunk], real)  # (chunk, N_real)
         fake_inside[i:i + chunk] = (d <= r_real[None, :]).any(dim=1)
         real_inside |= (d <= r_fake[i:i + chunk, None]).any(dim=0)
         in_ball = d <= r_real_dc[None, :]
