@@ -333,7 +333,8 @@ def final_score(evaluator: Evaluator, out_dir: Path, device: torch.device) -> di
     n = min(cfg.final_n, evaluator.max_n)
     scores = evaluator.score_generator(
         G, lambda k, rng: sample_latent(k, cfg, device, rng), n, cfg.seed)
-    result = {"best_step": step, **scores, **evaluator.floor(n)}
+    result = {"best_step": step, **scores, **evaluator.floor(n),
+              "g_params": sum(p.numel() for p in G.parameters())}
     atomic_write_text(out_dir / "result.json", json.dumps(result, indent=2) + "\n")
     return result
 

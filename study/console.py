@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from study.confirm import best_choice
+from study.pareto import pareto_front
 from study.spec import StudySpec, length_text
 
 
@@ -15,14 +16,19 @@ def print_report(out: dict[str, Any], spec: StudySpec, study_dir: Path,
     from study.tracking import ui_command
 
     rows = out["rows"]
-    columns = [c for c in rows.columns if c.startswith("param_")] + [
-        "fid", "kid", "precision", "recall", "steps", "status"]
+    measured = ["fid", "kid", "precision", "recall"]
+    columns = [c for c in rows.columns if c.startswith("param_")] + measured + [
+        t for t in spec.targets if t not in measured] + ["steps", "status"]
     board = leaderboard(rows, spec)
     sessions = out["sessions"]
     each = (f" over {len(sessions)} sessions ({' + '.join(f'{t / 60:.1f}' for t in sessions)})"
             if len(sessions) > 1 else "")
     print(f"\nstudy {spec.name}: {len(rows)} trials in {sum(sessions) / 60:.1f} min{each}; "
           + ", ".join(f"{n} {s}" for s, n in rows["status"].value_counts().items()))
+    if spec.objectives:
+        front = pareto_front(board, spec)
+        print(f"\nPareto front on {', '.join(spec.targets)}: {len(front)} trials")
+        print(front[["trial_id", *columns]].to_string(index=False))
     print("\ntop 5 by final", spec.metric)
     print(board[columns].head(5).to_string(index=False))
     base = rows[rows["baseline"]]

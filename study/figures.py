@@ -15,6 +15,7 @@ from study.records import (
     leaderboard,
     load_generator,
     model_input,
+    pareto,
     progress_frames,
 )
 
@@ -163,6 +164,32 @@ def compare_best(records: list[StudyRecord], n: int = 36) -> Figure:
         bests.append(best)
     metric = records[0].spec.metric
     return sample_grids(pd.concat(bests), metric, n)
+
+
+def pareto_front(record: StudyRecord) -> Figure | None:
+    """The first objective against the second for every completed search trial: the Pareto
+    front joined as a staircase, the baseline a red cross. None for a study of one metric or
+    with no completed trial."""
+    front = pareto(record)
+    if front.empty:
+        return None
+    first, second = record.spec.targets[:2]
+    board = leaderboard(record)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter(board[second], board[first], s=18, color="grey", alpha=0.6, label="trials")
+    front = front.sort_values(second)
+    ax.step(front[second], front[first], where="post", color="tab:blue", alpha=0.5)
+    ax.scatter(front[second], front[first], s=36, color="tab:blue", label="Pareto front")
+    base = board[board["baseline"]]
+    ax.scatter(base[second], base[first], marker="x", s=70, color="red", label="baseline")
+    ax.set_xlabel(f"final {second}")
+    ax.set_ylabel(f"final {first}")
+    if first in ("fid", "kid") and (board[first] > 0).all():
+        ax.set_yscale("log")
+    ax.set_title(f"{first} against {second}: {len(front)} trials on the front")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def by_choice(record: StudyRecord, columns: int = 4) -> Figure | None:

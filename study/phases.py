@@ -36,7 +36,8 @@ def build_searcher(spec: StudySpec, study_dir: Path, baseline: dict[str, Any],
         sampler = optuna.samplers.RandomSampler(seed=seed)
     storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")
     return FinalResultSearch(
-        space=DefineByRun(spec), metric=spec.metric, mode=spec.direction,
+        space=DefineByRun(spec), metric=spec.targets if spec.objectives else spec.metric,
+        mode=spec.directions if spec.objectives else spec.direction,
         points_to_evaluate=None if extension else [baseline], sampler=sampler,
         study_name=spec.name, storage=storage)
 

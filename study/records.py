@@ -19,7 +19,8 @@ from mlflow.entities import Run
 
 from gan.errors import ConfigError
 from study.confirm import confirmation_table
-from study.reported import QUALITY
+from study.pareto import pareto_front
+from study.reported import OBJECTIVES, QUALITY
 from study.spec import StudySpec, length_text, parse_spec
 from study.tracking import (
     ROLE,
@@ -121,8 +122,9 @@ def _row(run: Run, spec: StudySpec, dists: dict, history: pd.DataFrame) -> dict[
         "feature_net": params.get("feature_net", "auto"),
         "inception_weights": _none(params.get("inception_weights", "None")),
     }
-    for m in QUALITY:
+    for m in OBJECTIVES:
         row[m] = metrics.get(f"final_{m}", math.nan) if done else math.nan
+    for m in QUALITY:
         row[f"{m}_floor"] = metrics.get(f"{m}_floor", math.nan) if done else math.nan
     return row
 
@@ -164,7 +166,7 @@ def ranking(record: StudyRecord, phase: str = "search") -> pd.DataFrame:
 
 
 RESULT_COLUMNS = ("fid", "fid_floor", "kid", "precision", "recall", "density", "coverage", "modes",
-                  "best_eval_fid", "steps", "status", "reason")
+                  "train_s", "g_params", "best_eval_fid", "steps", "status", "reason")
 
 
 def board_views(frame: pd.DataFrame, lead: tuple[str, ...] = ("trial_id",)
@@ -190,26 +192,42 @@ def _compact(frame: pd.DataFrame, keep: tuple[str, ...]) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def optuna_study(record: StudyRecord) -> optuna.Study:
-    """The search rebuilt in memory from the runs: COMPLETE with the final value, PRUNED with
-    its evaluations as intermediate values, FAIL for diverged and failed trials."""
-    study = optuna.create_study(direction="minimize" if record.spec.direction == "min"
-                                else "maximize", study_name=record.name)
+def optuna_study(record: StudyRecord, targets: list[str] | None = None) -> optuna.Study:
+    """The search rebuilt in memory from the runs, on `targets` (default: the spec's objectives
+    or metric): COMPLETE with the final value of each, PRUNED with its evaluations as
+    intermediate values (one target only: Optuna keeps none for several), FAIL for diverged and
+    failed trials."""
+    spec = record.spec
+    targets = targets or spec.targets
+    ways = spec.directions if targets == spec.targets else [OBJECTIVES[t] for t in targets]
+    study = optuna.create_study(
+        directions=["minimize" if way == "min" else "maximize" for way in ways],
+        study_name=record.name)
     states = {"completed": optuna.trial.TrialState.COMPLETE,
               "pruned": optuna.trial.TrialState.PRUNED}
-    metric = record.spec.metric
+    metric = targets[0]
     for _, row in record.phase("search").iterrows():
         params = {k.removeprefix("param_"): v for k, v in row.items()
                   if k.startswith("param_") and not _missing(v)}
         state = states.get(row["status"], optuna.trial.TrialState.FAIL)
         history = record.histories[row["run_id"]]
-        steps = history[metric].dropna() if metric in history else pd.Series(dtype=float)
+        steps = (history[metric].dropna() if metric in history and len(targets) == 1
+                 else pd.Series(dtype=float))
+        values = [float(row[t]) for t in targets]
+        if state == optuna.trial.TrialState.COMPLETE and any(map(math.isnan, values)):
+            state = optuna.trial.TrialState.FAIL  # completed before this target was logged
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions={k: record.distributions[k] for k in params},
-            value=float(row[metric]) if state == optuna.trial.TrialState.COMPLETE else None,
+            values=values if state == optuna.trial.TrialState.COMPLETE else None,
             intermediate_values={int(s): float(v) for s, v in steps.items()}, state=state,
             user_attrs={"trial_id": row["trial_id"]}))
     return study
+
+
+def pareto(record: StudyRecord) -> pd.DataFrame:
+    """The completed search trials on the Pareto front of the objectives, best first by the
+    first; empty for a study of one metric."""
+    return pareto_front(leaderboard(record), record.spec).reset_index(drop=True)
 
 
 def _missing(v: Any) -> bool:

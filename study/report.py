@@ -39,12 +39,21 @@ def notebook(studies: list[str], tracking_uri: str) -> nbformat.NotebookNode:
              "record = studies[0]\nspec = record.spec"),
         md("## Summary"),
         code("records.summary(record)"),
-        md("## Leaderboard\n\nEvery search trial; completed ones best first. The metric is each "
+        md("## Leaderboard\n\nWith several objectives, the Pareto front comes first: the "
+           "completed trials that no other trial beats in every objective (Optuna's best "
+           "trials), plotted with the baseline marked. Then every search trial; completed ones "
+           "best first. The metric is each "
            "trial's best checkpoint re-scored with `final_n` samples; `fid_floor` is the FID of "
-           "two real samples of that size, the best a generator can score. Trials stopped early "
+           "two real samples of that size, the best a generator can score; `train_s` is its "
+           "training time in seconds. Trials stopped early "
            "have no final score: `best_eval_fid` (with `eval_n` samples) shows how far they got. "
            "The second table holds each trial's searched values, in the same order; a column "
            "with one value for every trial is left out."),
+        code("front = records.pareto(record)\n"
+             "if not front.empty:\n"
+             "    print(f'Pareto front on {\", \".join(spec.targets)}: {len(front)} trials')\n"
+             "    for table in records.board_views(front):\n        display(table)\n"
+             "    fig = figures.pareto_front(record)"),
         code("board = records.leaderboard(record)  # completed only: the figures below use it\n"
              "ranking = records.ranking(record)\n"
              "results, searched = records.board_views(ranking)\n"
@@ -69,7 +78,7 @@ def notebook(studies: list[str], tracking_uri: str) -> nbformat.NotebookNode:
              "    pair = pd.concat([best.to_frame().T, board[board['baseline']]])\n"
              "    fig = figures.sample_grids(pair.drop_duplicates('run_id'), spec.metric)"),
         md("## Optimisation history"),
-        code("study = records.optuna_study(record)\n"
+        code("study = records.optuna_study(record, [spec.metric])  # the first objective\n"
              "ax = optuna.visualization.matplotlib.plot_optimization_history(study)\n"
              "ax.set_yscale('log')\nax.figure.set_size_inches(8, 4)"),
         md("## Parameter importances\n\nOn the search rebuilt in memory from the runs (pruned "

@@ -1,6 +1,6 @@
 """What a trial reports, declared once: the tracker (MLflow names), the summary (CSV columns),
 the records read back from MLflow and the report notebook all take their names from here, and
-a spec's `metric` must be one of QUALITY."""
+a spec's `metric` must be one of QUALITY and its `objectives` of OBJECTIVES."""
 
 from __future__ import annotations
 
@@ -13,6 +13,11 @@ from typing import Literal
 QUALITY: dict[str, Literal["min", "max"]] = {
     "fid": "min", "kid": "min", "precision": "max", "recall": "max", "density": "max",
     "coverage": "max", "modes": "max", "mode_kl": "min", "classifier_score": "max"}
+# What a trial's final result cost, reported beside its quality: the training seconds it took
+# (evaluation excluded) and the size of its generator. Logged as final_<name>.
+COST: dict[str, Literal["min", "max"]] = {"train_s": "min", "g_params": "min"}
+# What a spec may name in `objectives`: quality first (ASHA decides on it), then any others.
+OBJECTIVES: dict[str, Literal["min", "max"]] = {**QUALITY, **COST}
 # The training log's means over the steps since the last log line (gan.train).
 TRAINING = ("loss_d", "loss_g", "d_real", "d_fake", "acc_real", "acc_fake", "img_per_s")
 # Where a trial is, in each budget unit, at every report.

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from study.pareto import pareto_front
 from study.spec import CategoricalParam, StudySpec, length_text
 from study.summary import leaderboard, row_params
 
@@ -30,8 +31,10 @@ def board_table(rows: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
     board = leaderboard(rows, spec)
     params = [c for c in board.columns if c.startswith("param_")]
     metric = spec.metric
+    extra = [t for t in spec.targets[1:] if t not in ("precision", "recall", "density",
+                                                      "coverage")]
     columns = ["trial_id", "baseline", *params, metric, f"{metric}_floor", "precision", "recall",
-               "density", "coverage", "steps"]
+               "density", "coverage", *extra, "steps"]
     return board[[c for c in columns if c in board]].rename(
         columns=lambda c: c.removeprefix("param_")).reset_index(drop=True)
 
@@ -43,7 +46,13 @@ def outcome_note(spec: StudySpec, out: dict[str, Any]) -> str:
     rows = out["rows"]
     lines = [f"**ganstudy study `{spec.name}`** on `{spec.dataset}`: {len(rows)} trials of "
              f"{length_text(spec.budget.steps, spec.budget.unit)}, {spec.searcher.label} search, "
-             f"{spec.scheduler.type} scheduler; metric {metric} ({spec.direction}).", ""]
+             f"{spec.scheduler.type} scheduler; " + (
+                 f"objectives {', '.join(spec.targets)} (ASHA and the confirmation on {metric})."
+                 if spec.objectives else f"metric {metric} ({spec.direction})."), ""]
+    if spec.objectives:
+        front = pareto_front(leaderboard(rows, spec), spec)
+        lines += [f"**Pareto front** on {', '.join(spec.targets)}: trials "
+                  + ", ".join(f"`{t}`" for t in front["trial_id"]), ""]
     if out.get("verdict"):
         lines += [f"**Verdict:** {out['verdict']}", ""]
     table = out.get("confirm_table")

@@ -21,7 +21,7 @@ from gan.config import (
     read_yaml,
 )
 from gan.errors import ConfigError
-from study.reported import QUALITY
+from study.reported import OBJECTIVES, QUALITY
 from study.runnable import check_runnable
 
 STUDY_CONTROLLED = {"unit", "steps", "epochs", "eval_every", "seed", "threads", "device",
@@ -182,6 +182,9 @@ class StudySpec(Strict):
     dataset: str = "mnist"
     metric: Literal[tuple(QUALITY)] = "fid"  # type: ignore[valid-type]
     mode: Literal["min", "max"] | None = None  # default: the metric's natural direction
+    # several objectives (quality first, then e.g. train_s): Optuna searches their Pareto front,
+    # ASHA and the confirmation decide on the first, each objective keeps its natural direction
+    objectives: list[Literal[tuple(OBJECTIVES)]] | None = None  # type: ignore[valid-type]
     # the confirmation's seeds (seed + 1000 + i) and extensions' samplers (seed + k) stay in range
     seed: int = Field(0, ge=0, le=MAX_SEED - 2000)
     budget: Budget
@@ -217,6 +220,34 @@ class StudySpec(Strict):
     @property
     def direction(self) -> str:
         return self.mode or QUALITY[self.metric]
+
+    @property
+    def targets(self) -> list[str]:
+        """What the search optimises: the objectives, or the one metric."""
+        return list(self.objectives) if self.objectives else [self.metric]
+
+    @property
+    def directions(self) -> list[str]:
+        return [OBJECTIVES[o] for o in self.objectives] if self.objectives else [self.direction]
+
+    @model_validator(mode="after")
+    def _objectives_lead_with_the_metric(self) -> StudySpec:
+        if self.objectives is None:
+            return self
+        first = self.objectives[0]
+        if len(self.objectives) < 2:
+            raise ValueError(f"objectives: one objective is a metric; write metric: {first}")
+        if len(set(self.objectives)) < len(self.objectives):
+            raise ValueError("objectives: each objective once")
+        if first not in QUALITY:
+            raise ValueError(f"objectives: the first objective is the quality ASHA and the "
+                             f"confirmation decide on: one of {', '.join(QUALITY)}, not {first}")
+        if "metric" in self.model_fields_set and self.metric != first:
+            raise ValueError(f"metric: {self.metric} differs from the first objective, {first}")
+        if self.mode is not None:
+            raise ValueError("mode: with objectives, each takes its natural direction")
+        object.__setattr__(self, "metric", first)
+        return self
 
     @field_validator("searcher", mode="before")
     @classmethod

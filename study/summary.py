@@ -13,7 +13,7 @@ import yaml
 
 from gan.config import make_config
 from gan.fileio import atomic_write_text
-from study.reported import QUALITY
+from study.reported import OBJECTIVES, QUALITY
 from study.space import hyperparameters, is_baseline
 from study.spec import StudySpec, trial_values
 
@@ -58,8 +58,9 @@ def trial_rows(results: ResultGrid, spec: StudySpec, baseline: dict[str, Any],
             "ended_at": last.get("reported_at", last.get("timestamp", math.nan)),
         }
         final = status == "completed"
-        for m in QUALITY:
+        for m in OBJECTIVES:
             row[m] = last.get(m, math.nan) if final else math.nan
+        for m in QUALITY:
             row[f"{m}_floor"] = last.get(f"{m}_floor", math.nan) if final else math.nan
         for m in ("fid",):
             seen = evals[m] if m in evals else pd.Series(dtype=float)

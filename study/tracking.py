@@ -29,7 +29,7 @@ from PIL import Image
 
 from gan.config import make_config
 from gan.errors import ConfigError
-from study.reported import ENDED, QUALITY, TRAINING
+from study.reported import ENDED, OBJECTIVES, QUALITY, TRAINING
 from study.review import LEADERBOARD_FILE, run_name
 from study.space import distributions, hyperparameters, is_baseline, is_final
 from study.spec import StudySpec, length_text, trial_values
@@ -162,7 +162,8 @@ class StudyTracker:
         rid = run.info.run_id
         self.client.log_batch(rid, params=[Param(k, str(v)) for k, v in {
             "seed": spec.seed, "dataset": spec.dataset, "metric": spec.metric,
-            "mode": spec.direction, "trials": spec.budget.trials, "unit": spec.budget.unit,
+            "mode": spec.direction, "objectives": ",".join(spec.targets),
+            "trials": spec.budget.trials, "unit": spec.budget.unit,
             "steps": spec.budget.steps,
             "eval_every": spec.budget.eval_every, "scheduler": spec.scheduler.type,
             "searcher": spec.searcher.label, "cpu_per_trial": spec.resources.cpu,
@@ -219,7 +220,7 @@ class StudyTracker:
             # A final result logged before the driver was killed comes again on resume.
             if result.get("status") == "completed" and (
                     "best_step" not in self.client.get_run(rid).data.metrics):
-                metrics = {f"final_{k}": result[k] for k in QUALITY if k in result}
+                metrics = {f"final_{k}": result[k] for k in OBJECTIVES if k in result}
                 metrics.update({f"{k}_floor": result[f"{k}_floor"] for k in QUALITY
                                 if f"{k}_floor" in result})
                 metrics["best_step"] = result.get("best_step", step)

@@ -30,7 +30,9 @@ from gan.checkpoint import load_checkpoint
 from gan.config import make_config
 from gan.errors import CheckpointError, DivergedError
 from gan.fileio import read_jsonl
+from gan.models import build_generator
 from gan.train import OPTIMIZER_FIELDS, train
+from study.reported import PROGRESS, QUALITY
 from study.space import hyperparameters, is_baseline, is_final
 from study.spec import Pbt, StudySpec, trial_values
 
@@ -50,8 +52,9 @@ def error_reason(text: str) -> str:
     return lines[-1] if lines else "the trial raised"
 
 
-def worst_value(spec: StudySpec) -> float:
-    return WORST if spec.direction == "min" else -WORST
+def worst_value(mode: str) -> float:
+    """What a diverged trial scored, for a metric whose better direction is `mode`."""
+    return WORST if mode == "min" else -WORST
 
 
 def trial_device() -> str:
@@ -79,13 +82,17 @@ def run_trial(config: dict[str, Any], spec: StudySpec, trials_dir: str,
     provenance = {"node_ip": ray.util.get_node_ip_address(),
                   "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
                   "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
-                  "device": cfg.device, "started_at": time.time()}
+                  "device": cfg.device, "started_at": time.time(),
+                  # a cost a study may minimise: Tune wants every objective in every report
+                  "g_params": sum(p.numel() for p in build_generator(cfg).parameters())}
+    progress = dict.fromkeys(PROGRESS, 0.0)  # where the last log line was, in each unit
 
     # The final run is one trial, trained as any other; PBT's cloning has no part in it.
     pbt = isinstance(spec.scheduler, Pbt) and not is_final(config)
     start = restore_checkpoint(tune.get_checkpoint(), cfg, run_dir, pbt)
 
     def report_evaluation(record: dict) -> None:
+        progress.update({k: record[k] for k in PROGRESS if k in record})
         if "fid" not in record:  # only evaluations go to Tune: they carry the metrics
             return
         result = {**record, **provenance, "torch_threads": torch.get_num_threads(),
@@ -115,7 +122,10 @@ def run_trial(config: dict[str, Any], spec: StudySpec, trials_dir: str,
         result = train(cfg, run_dir, resume=start is not None, on_log=report_evaluation,
                        may_change=OPTIMIZER_FIELDS)
     except DivergedError as err:
-        tune.report({spec.metric: worst_value(spec), "step": err.step, **provenance,
+        # the worst score in each quality objective; its costs (progress, size) as they were
+        worst = {t: worst_value(way) for t, way in zip(spec.targets, spec.directions,
+                                                        strict=True) if t in QUALITY}
+        tune.report({**progress, **worst, "step": err.step, **provenance,
                      "final": True, "status": "diverged", "reason": str(err),
                      "reported_at": time.time()})
         return
@@ -259,7 +269,10 @@ class FinalResultSearch(OptunaSearch):
         return self._ot_study.get_trials(deepcopy=False)[ot_trial.number]
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if result.get("final") or "step" not in result or self.metric not in result:
+        # Optuna keeps no intermediate values for several objectives: a stopped trial of a
+        # multi-objective study enters it as PRUNED alone
+        if isinstance(self.metric, list) or result.get("final") or "step" not in result or (
+                self.metric not in result):
             return
         frozen = self._frozen(trial_id)
         if frozen is not None and not frozen.state.is_finished() and (
@@ -272,6 +285,11 @@ class FinalResultSearch(OptunaSearch):
             # The result a scheduler stopped the trial on reaches only this method.
             self.on_trial_result(trial_id, result)
             result = None  # OptunaSearch then tells PRUNED (or FAIL if the trial raised)
+        elif result is not None and result.get("status") == "diverged" and isinstance(
+                self.metric, list):
+            # the worst of every objective, as the one metric's worst is told otherwise
+            result = {**result, **{m: worst_value(way)
+                                   for m, way in zip(self.metric, self.mode, strict=True)}}
         super().on_trial_complete(trial_id, result, error)
 
 

@@ -20,7 +20,8 @@ VOCABULARY = ["name", "dataset", "metric", "mode", "seed", "budget", "trials", "
               "reduction_factor", "perturbation_interval", "mutations", "searcher", "resources",
               "cpu", "gpu", "max_concurrent", "confirm", "top_k", "seeds", "fixed", "space",
               "low", "high", "log", "step", "choices", "when", "lr_g", "lr_d", "loss", "arch",
-              "width", "float", "int", "categorical", "asha", "pbt", "none", "tpe", "random"]
+              "width", "float", "int", "categorical", "asha", "pbt", "none", "tpe", "random",
+              "objectives", "fid", "train_s", "g_params", "baseline"]
 keys = st.sampled_from(VOCABULARY) | st.text(max_size=8)
 scalars = (st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats()
            | st.text(max_size=12) | st.sampled_from(VOCABULARY))

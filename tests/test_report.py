@@ -4,13 +4,24 @@ import os
 from pathlib import Path
 
 import nbformat
+import numpy as np
+import optuna
 import pandas as pd
 import pytest
+import torch
+import yaml
 
+from gan.config import make_config
+from gan.metrics.evaluate import Evaluator
+from gan.metrics.memorisation import training_features
+from gan.sample import interpolation_latents, walk_latents
 from study import analyses, figures, records
+from study.browser import chromium, table_widths
 from study.report import main as report_main
+from study.run import main as run_main
 from study.tracking import default_tracking_uri
 
+ROOT = Path(__file__).parents[1]
 pytestmark = pytest.mark.slow
 
 
@@ -121,12 +132,6 @@ def test_expected_best_is_a_bootstrap_of_what_each_trial_found(smoke_study):
 
 
 def test_the_products_latent_paths_show_both_walks(smoke_study):
-    import numpy as np
-    import torch
-
-    from gan.config import make_config
-    from gan.sample import interpolation_latents, walk_latents
-
     best = records.product(records.load_study("smoke", default_tracking_uri(smoke_study)))
     fig = figures.interpolation(best, rows=2, k=4, walk_step=0.05, seed=3)
     between, walk = fig.axes
@@ -141,11 +146,6 @@ def test_the_products_latent_paths_show_both_walks(smoke_study):
 
 
 def test_the_products_memorisation_check_from_mlflow(smoke_study):
-    import torch
-
-    from gan.metrics.evaluate import Evaluator
-    from gan.metrics.memorisation import training_features
-
     best = records.product(records.load_study("smoke", default_tracking_uri(smoke_study)))
     check = analyses.memorisation(best, n=200)
     assert len(check.sample_distances) == len(check.held_out_distances) == 200
@@ -161,8 +161,6 @@ def test_the_products_memorisation_check_from_mlflow(smoke_study):
 
 
 def needs_chromium() -> None:
-    from study.browser import chromium
-
     if chromium() is None:
         if os.environ.get("CI") == "true":
             pytest.fail("chromium is missing under CI (.ci/run installs it)")
@@ -172,11 +170,56 @@ def needs_chromium() -> None:
 def test_the_report_fits_a_1400_px_window_in_chromium(smoke_study):
     """Every table of the report's HTML, the leaderboard's first, shows all its columns without
     horizontal scrolling, as laid out by a real browser."""
-    from study.browser import table_widths
-
     needs_chromium()
     tables = table_widths(smoke_study.parent / "reports" / "smoke.html", width=1400)
     board = next(t for t in tables if "fid" in t["header"] and "trial_id" in t["header"])
     assert {"fid", "fid_floor", "precision", "recall"} <= set(board["header"])
     wide = [t for t in tables if t["width"] > t["visible"]]
     assert not wide, wide
+
+
+def test_two_objectives_search_and_report_the_pareto_front(ray_session, tmp_path, capsys):
+    """A spec with objectives [fid, train_s]: Optuna's multi-objective TPE gets both final
+    values of every completed trial, ASHA still stops trials on fid, and the console, the
+    parent run's note and the report lead with the Pareto front, rebuilt from MLflow."""
+    spec = yaml.safe_load((ROOT / "search_spaces" / "smoke.yaml").read_text())
+    spec.update(name="front", objectives=["fid", "train_s"], final=None)
+    spec.pop("metric")
+    path = tmp_path / "front.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    out, reports = tmp_path / "front", tmp_path / "reports"
+    assert run_main([str(path), "--out", str(out), "--reports-dir", str(reports)]) == 0
+    printed = capsys.readouterr().out
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}")
+    searched = optuna.load_study(study_name="front", storage=storage)
+    assert [d.name for d in searched.directions] == ["MINIMIZE", "MINIMIZE"]
+    complete = [t for t in searched.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert complete and all(len(t.values) == 2 for t in complete)
+    assert any(t.state == optuna.trial.TrialState.PRUNED for t in searched.trials)  # by ASHA
+
+    record = records.load_study("front", default_tracking_uri(out))
+    board = records.leaderboard(record)
+    assert len(board) == len(complete) and board["train_s"].gt(0).all()
+    # the front rebuilt from MLflow is the one Optuna's own storage holds
+    front = records.pareto(record)
+    assert sorted(zip(front["fid"].round(6), front["train_s"].round(6), strict=True)) == sorted(
+        (round(t.values[0], 6), round(t.values[1], 6)) for t in searched.best_trials)
+    for _, row in board.iterrows():  # no trial off the front beats one on it in both
+        assert row["trial_id"] in set(front["trial_id"]) or any(
+            f["fid"] <= row["fid"] and f["train_s"] <= row["train_s"] for _, f in front.iterrows())
+    fig = figures.pareto_front(record)
+    shown = next(c for c in fig.axes[0].collections if c.get_label() == "Pareto front")
+    assert sorted(map(tuple, np.round(np.asarray(shown.get_offsets()), 6).tolist())) == sorted(
+        zip(front["train_s"].round(6), front["fid"].round(6), strict=True))
+
+    assert f"Pareto front on fid, train_s: {len(front)} trials" in printed
+    parent = record.parent
+    assert parent.data.params["objectives"] == "fid,train_s"
+    assert "**Pareto front** on fid, train_s" in parent.data.tags["mlflow.note.content"]
+    nb = nbformat.read(reports / "front.ipynb", as_version=4)
+    assert not outputs(nb, "error")
+    cell = next(c for c in nb.cells if c.cell_type == "code" and "records.pareto" in c.source)
+    assert f"Pareto front on fid, train_s: {len(front)} trials" in "".join(
+        o.get("text", "") for o in cell.outputs)
+    assert any("image/png" in o.get("data", {}) for o in cell.outputs)
