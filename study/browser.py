@@ -63,11 +63,15 @@ def page_dom(url: str, width: int = 1400, height: int = 1000, budget_ms: int = 2
 
 
 def screenshot(url: str, out: Path, width: int = 1400, height: int = 1000,
-               budget_ms: int = 20_000, timeout_s: float = 180) -> Path:
-    """A PNG of the page's first width x height pixels."""
+               budget_ms: int = 20_000, timeout_s: float = 180,
+               hosts: dict[str, str] | None = None) -> Path:
+    """A PNG of the page's first width x height pixels. `hosts` maps host names to addresses
+    for this browser alone."""
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    _run(url, width, height, [f"--screenshot={out}"], timeout_s, budget_ms)
+    rules = [f"--host-resolver-rules={', '.join(f'MAP {k} {v}' for k, v in hosts.items())}"
+             ] if hosts else []
+    _run(url, width, height, [*rules, f"--screenshot={out}"], timeout_s, budget_ms)
     if not out.exists():
         raise RuntimeError(f"chromium wrote no screenshot of {url}")
     return out

@@ -34,7 +34,8 @@ def notebook(studies: list[str], tracking_uri: str) -> nbformat.NotebookNode:
              "verdict\n\n"
              "warnings.filterwarnings('ignore', category=optuna.exceptions.ExperimentalWarning)\n"
              "optuna.logging.set_verbosity(optuna.logging.WARNING)\n"
-             "pd.set_option('display.max_columns', 40, 'display.width', 200)\n"
+             "pd.set_option('display.max_columns', 40, 'display.width', 200,\n"
+             "              'display.max_colwidth', 120)\n"
              "studies = [records.load_study(name, TRACKING_URI) for name in STUDIES]\n"
              "record = studies[0]\nspec = record.spec"),
         md("## Summary"),

@@ -14,6 +14,7 @@ import sys
 import tempfile
 from contextlib import nullcontext
 from pathlib import Path
+from urllib.parse import urlencode
 
 from mlflow import MlflowClient
 
@@ -24,21 +25,39 @@ from study.records import load_study
 WIDTH = 1400
 
 
+# The UI opens its assistant panel over a third of the page when served from localhost: the
+# shots browse a store served here under another name, mapped to 127.0.0.1 for Chromium alone.
+ALIAS = "mlflow-review"
+
+
+def leaderboard_query(record) -> str:
+    """The run list's URL query that makes it the search's leaderboard: its trials alone,
+    best final metric first (their names carry the choices and the metric)."""
+    spec = record.spec
+    return urlencode({"searchFilter": "tags.phase = 'search'",
+                      "orderByKey": f"metrics.`final_{spec.metric}`",
+                      "orderByAsc": str(spec.direction == "min").lower()})
+
+
 def take(name: str, tracking_uri: str, out: Path) -> list[Path]:
     """The three screenshots of study `name`, written into `out`."""
     with tempfile.TemporaryDirectory(prefix="ganstudy-shots-") as scratch:
         scratch = Path(scratch)
-        served = (nullcontext(tracking_uri) if tracking_uri.startswith(("http://", "https://"))
+        remote = tracking_uri.startswith(("http://", "https://"))
+        served = (nullcontext(tracking_uri) if remote
                   else ui.mlflow_server(tracking_uri, scratch / "artifacts",
-                                        scratch / "server.log"))
+                                        scratch / "server.log", alias=ALIAS))
         with served as url:
             record = load_study(name, url)
             eid, rid = record.parent.info.experiment_id, record.parent.info.run_id
+            shown, hosts = (url, None) if remote else (
+                url.replace("127.0.0.1", ALIAS), {ALIAS: "127.0.0.1"})
             shots = [
-                browser.screenshot(f"{url}/#/experiments/{eid}/runs/{rid}",
-                                   out / f"mlflow_{name}_study_run.png", WIDTH, 1100),
-                browser.screenshot(f"{url}/#/experiments/{eid}/runs",
-                                   out / f"mlflow_{name}_runs.png", WIDTH, 900),
+                browser.screenshot(f"{shown}/#/experiments/{eid}/runs/{rid}",
+                                   out / f"mlflow_{name}_study_run.png", WIDTH, 1700,
+                                   hosts=hosts),
+                browser.screenshot(f"{shown}/#/experiments/{eid}/runs?{leaderboard_query(record)}",
+                                   out / f"mlflow_{name}_runs.png", WIDTH, 900, hosts=hosts),
             ]
             report = MlflowClient(url).download_artifacts(rid, f"report/{name}.html", scratch)
         shots.append(browser.screenshot(Path(report).resolve().as_uri(),

@@ -36,11 +36,14 @@ def wait_for(url: str, timeout_s: float, proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def mlflow_server(backend_uri: str, artifacts: Path, log: Path,
-                  timeout_s: float = 180) -> Iterator[str]:
+def mlflow_server(backend_uri: str, artifacts: Path, log: Path, timeout_s: float = 180,
+                  alias: str | None = None) -> Iterator[str]:
     """`mlflow server` on a free port of 127.0.0.1 over backend_uri; yields its URL. New
-    artifacts go to `artifacts` through the server; runs logged before keep their own store."""
+    artifacts go to `artifacts` through the server; runs logged before keep their own store.
+    `alias`: a host name the server also answers to (a browser told to map it to 127.0.0.1)."""
     port = free_port()
+    hosts = (["--allowed-hosts", f"127.0.0.1:{port},localhost:{port},{alias}:{port}",
+              "--cors-allowed-origins", f"http://{alias}:{port}"] if alias else [])
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     # Job workers serve GenAI features this project does not use: 7 idle processes otherwise.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -48,7 +51,7 @@ def mlflow_server(backend_uri: str, artifacts: Path, log: Path,
         proc = subprocess.Popen(
             [str(mlflow_cli), "server", "--host", "127.0.0.1", "--port", str(port),
              "--workers", "1", "--backend-store-uri", backend_uri,
-             "--artifacts-destination", str(artifacts)],
+             "--artifacts-destination", str(artifacts), *hosts],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:

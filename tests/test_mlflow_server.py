@@ -10,9 +10,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from PIL import Image
 
 from study import browser, ui
 from study.run import main
+from study.screenshots import take
 
 ROOT = Path(__file__).parents[1]
 pytestmark = pytest.mark.slow
@@ -100,10 +102,6 @@ def test_the_parent_run_page_tells_the_verdict_and_serves_the_report(mlflow_serv
 
 def test_the_screenshot_script_shoots_the_study_run_its_list_and_report(mlflow_server,
                                                                        served_study, tmp_path):
-    from PIL import Image
-
-    from study.screenshots import take
-
     needs_chromium()
     shots = take("smoke", mlflow_server, tmp_path)
     assert [p.name for p in shots] == ["mlflow_smoke_study_run.png", "mlflow_smoke_runs.png",
