@@ -1,13 +1,19 @@
 """Tune's events in the driver, as MLflow writes: the one place Ray meets MLflow.
 
-Nothing here may stop the study: an exception raised in a callback would end Tune's loop, and
-every trial with it. A tracking failure is reported on stderr and kept on the trial's run where
-MLflow still answers; the trial itself goes on.
+Tune calls these in its own event loop, so each one only takes note of the event and hands the
+writes to a writer thread (study.writer): the time an event holds the loop is measured and
+reported at the experiment's end. Tune's snapshot of the experiment waits for the writes handed
+in before it: a driver killed after a snapshot left MLflow with everything that snapshot holds,
+and what came after it Tune runs again on resume.
+
+Nothing here may stop the study: an exception in a write is reported on stderr and kept on the
+trial's run where MLflow still answers; the trial itself goes on.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,19 +23,18 @@ from ray import tune
 from gan.progress import note
 from study.tracking import StudyTracker
 from study.trainable import error_reason
+from study.writer import Writer, percentiles_ms
 
 
-def guarded(event: Callable) -> Callable:
+def timed(event: Callable) -> Callable:
+    """The event's hold on Tune's loop, kept per event name."""
     @functools.wraps(event)
-    def handle(self: MlflowCallback, iteration: int, trials: list, trial: Any, *args: Any,
-               **kwargs: Any) -> None:
+    def handle(self: MlflowCallback, *args: Any, **kwargs: Any) -> None:
+        t0 = time.perf_counter()
         try:
-            event(self, iteration, trials, trial, *args, **kwargs)
-        except Exception as err:  # see the module's docstring
-            reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-            note(f"warning: tracking trial {trial.trial_id} ({event.__name__}) failed: "
-                 f"{reason[:300]}; the study goes on")
-            self.tracker.note_failure(trial.trial_id, reason)
+            event(self, *args, **kwargs)
+        finally:
+            self.held_s.setdefault(event.__name__, []).append(time.perf_counter() - t0)
     return handle
 
 
@@ -39,34 +44,93 @@ class MlflowCallback(tune.Callback):
     def __init__(self, tracker: StudyTracker, phase: str, trials_dir: Path):
         self.tracker, self.phase, self.trials_dir = tracker, phase, trials_dir
         self.last: dict[str, dict] = {}
+        self.held_s: dict[str, list[float]] = {}  # event name -> its hold on Tune's loop, each
+        self._writer: Writer | None = None
 
-    @guarded
+    # Tune pickles its callbacks with the experiment: the thread stays behind.
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_writer": None}
+
+    @property
+    def writer(self) -> Writer:
+        if self._writer is None:
+            self._writer = Writer(self._failed)
+        return self._writer
+
+    def _failed(self, label: str, err: Exception) -> None:
+        trial_id, event = label.split(" ", 1)
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        note(f"warning: tracking trial {trial_id} ({event}) failed: {reason[:300]}; "
+             "the study goes on")
+        self.tracker.note_failure(trial_id, reason)
+
+    def _write(self, trial_id: str, event: str, job: Callable[..., Any], *args: Any) -> None:
+        self.writer.submit(f"{trial_id} {event}", job, *args)
+
+    def flush(self) -> None:
+        """Wait for every write handed in so far."""
+        if self._writer is not None:
+            self._writer.flush()
+
+    @timed
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        self.tracker.start_trial(trial.trial_id, trial.config, self.phase)
+        self._write(trial.trial_id, "on_trial_start", self.tracker.start_trial, trial.trial_id,
+                    trial.config, self.phase)
 
-    @guarded
+    @timed
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict,
                         **info: Any) -> None:
         self.last[trial.trial_id] = result
-        self.tracker.log_result(trial.trial_id,
-                                {**result, "run_dir": self.trials_dir / trial.trial_id})
+        self._write(trial.trial_id, "on_trial_result", self.tracker.log_result, trial.trial_id,
+                    {**result, "run_dir": self.trials_dir / trial.trial_id})
 
-    @guarded
+    @timed
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         last = self.last.get(trial.trial_id, {})
         status = last.get("status", "completed") if last.get("final") else "pruned"
         reason = last.get("reason", "") if last.get("final") else (
             f"stopped early by the scheduler at step {last.get('step', 0)}")
-        self.tracker.end_trial(trial.trial_id, status, reason,
-                               self.trials_dir / trial.trial_id / "best.pt")
+        self._write(trial.trial_id, "on_trial_complete", self.tracker.end_trial, trial.trial_id,
+                    status, reason, self.trials_dir / trial.trial_id / "best.pt")
 
-    @guarded
+    @timed
     def on_trial_recover(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        self.tracker.note_retry(trial.trial_id)
+        self._write(trial.trial_id, "on_trial_recover", self.tracker.note_retry, trial.trial_id)
 
-    @guarded
+    @timed
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        error = trial.error_file
-        text = Path(error).read_text() if error and Path(error).is_file() else ""
-        self.tracker.end_trial(trial.trial_id, "failed", error_reason(text))
+        self._write(trial.trial_id, "on_trial_error", self._end_failed, trial.trial_id,
+                    trial.error_file)
 
+    def _end_failed(self, trial_id: str, error_file: str | None) -> None:
+        text = Path(error_file).read_text() if error_file and Path(error_file).is_file() else ""
+        self.tracker.end_trial(trial_id, "failed", error_reason(text))
+
+    def get_state(self) -> None:
+        """Called as Tune snapshots the experiment: the snapshot waits for the writes handed in
+        before it (see the module's docstring). Nothing else to keep."""
+        t0 = time.perf_counter()
+        self.flush()
+        self.held_s.setdefault("snapshot", []).append(time.perf_counter() - t0)
+        return None
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Every write done, and how long the events held Tune's loop, said and logged."""
+        if self._writer is None:
+            return
+        self._writer.close()
+        written, self._writer = self._writer.latency_s, None
+        held = percentiles_ms(self.held_s.get("on_trial_result", []))
+        waits = self.held_s.get("snapshot", [])
+        write = percentiles_ms(written)
+        note(f"{self.phase}: tracking held Tune's loop {held['p50_ms']:.2f} ms per result "
+             f"(p99 {held['p99_ms']:.2f} ms, {len(self.held_s.get('on_trial_result', []))} "
+             f"results); MLflow writes {write['p50_ms']:.1f} ms (p99 {write['p99_ms']:.1f} ms); "
+             f"snapshots waited {sum(waits):.2f} s for them in all")
+        try:
+            self.tracker.log_loop_hold(self.phase, {
+                "hold_p50_ms": held["p50_ms"], "hold_p99_ms": held["p99_ms"],
+                "write_p50_ms": write["p50_ms"], "write_p99_ms": write["p99_ms"],
+                "snapshot_wait_s": sum(waits)})
+        except Exception as err:  # see the module's docstring
+            note(f"warning: logging the tracking's timings failed: {err}")

@@ -321,6 +321,14 @@ class StudyTracker:
         return info.model_uri
 
     # -- the study ---------------------------------------------------------------------------
+    def log_loop_hold(self, phase: str, timings: dict[str, float]) -> None:
+        """How long the phase's tracking held Tune's loop and took to write, on the parent run
+        (the latest session's, for a resumed phase)."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.parent_id, metrics=[
+            Metric(f"{phase}_{k}", float(v), now, 0) for k, v in timings.items()],
+            synchronous=True)
+
     def finish(self, sessions: list[float], best: Any, artifacts: list[Path], note: str = "",
                board: Any = None) -> None:
         """The study's outcome on its parent run: its description (`note`, Markdown), the

@@ -199,9 +199,11 @@ def _checkpoint_step(path: Path) -> int | None:
 def checkpoint_step(spec: StudySpec, step: int) -> bool:
     """Whether an evaluation's report carries a checkpoint: every one, except under PBT, which
     clones checkpoints only at its perturbation steps and keeps them all (a donor's checkpoint
-    must outlive the exploit, however late the recipient gets there)."""
+    must outlive the exploit, however late the recipient gets there). Not at the last step: PBT
+    clones a donor's latest checkpoint, and a member that took a finished one would end there
+    without training a step under its perturbed values (with none, Ray skips that exploit)."""
     if isinstance(spec.scheduler, Pbt):
-        return step % spec.scheduler.perturbation_interval == 0 or step == spec.budget.steps
+        return step % spec.scheduler.perturbation_interval == 0 and step < spec.budget.steps
     return True
 
 

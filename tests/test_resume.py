@@ -19,7 +19,8 @@ import yaml
 from mlflow import MlflowClient
 
 from study.confirm import confirmation_table
-from study.spec import load_spec
+from study.spec import load_spec, parse_spec
+from study.trainable import checkpoint_step
 
 pytestmark = pytest.mark.slow
 
@@ -132,7 +133,8 @@ def assert_tracked(study: Path, name: str, summary: pd.DataFrame,
         steps = metric_steps(study, run.info.run_id)
         if run.data.tags["ganstudy.trial_id"] in cloned:
             assert steps == sorted(set(steps)) and set(steps) <= set(EVAL_STEPS), steps
-            assert steps[-1] == STEPS
+            assert steps[-1] == STEPS, (steps, summary.set_index("trial_id")["perturbations"]
+                                        [run.data.tags["ganstudy.trial_id"]])
         else:
             assert steps == EVAL_STEPS  # each evaluation once
         assert metric_steps(study, run.info.run_id, "final_fid") == [STEPS]
@@ -245,14 +247,27 @@ def test_sigint_stops_cleanly_then_resume_and_extend(tmp_path):
     assert history[0].value < history[1].value == parent.data.metrics["wall_s"]
 
 
+PBT = {"type": "pbt", "perturbation_interval": 20, "quantile_fraction": 0.25,
+       "mutations": ["lr_g", "lr_d"]}
+
+
+def test_pbt_checkpoints_only_where_a_clone_still_trains():
+    """PBT clones a donor's latest checkpoint: one made at the last step would end the member
+    that took it with no step trained under its perturbed values (seen in CI: a member ended
+    at step 80 in MLflow, its lineage jumped to a finished donor's step 100)."""
+    pbt = parse_spec(spec("pbt-steps", 4, searcher="random", scheduler=PBT), "test")
+    assert [s for s in EVAL_STEPS if checkpoint_step(pbt, s)] == [20, 40, 60, 80]
+    asha = parse_spec(spec("asha-steps", 4), "test")
+    assert all(checkpoint_step(asha, s) for s in EVAL_STEPS)
+
+
 def test_pbt_population_killed_then_resumed_finishes_once(tmp_path):
     """PBT's state is Ray's alone (no searcher, no rungs of ours): after a SIGKILL the
     population continues from Tune's checkpoints, each member finishes once, and the
     perturbation histories name only real exploits."""
     name = "pbt-killed"
     pbt = spec(name, 4, searcher="random", resources={"cpu": 0.5}, max_concurrent=4,
-               scheduler={"type": "pbt", "perturbation_interval": 20, "quantile_fraction": 0.25,
-                          "mutations": ["lr_g", "lr_d"]})
+               scheduler=PBT)
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(pbt, sort_keys=False))
     study = tmp_path / "runs" / name
     proc = start([str(tmp_path / "spec.yaml"), "--out", str(study)])

@@ -193,13 +193,18 @@ def test_no_trial_can_take_the_driver_down(tmp_path, capsys):
     clash = SimpleNamespace(trial_id="clash", config={"loss": "hinge", "label_smoothing": 0.2},
                             error_file=None)
     callback.on_trial_start(0, [], clash)  # the tracker used to raise here, in Tune's loop
+    callback.flush()
     run = tracker.client.get_run(tracker.children["clash"])
     assert run.data.params["label_smoothing"] == "0.2"
     callback.on_trial_error(0, [], clash)
+    callback.flush()
     assert tracker.client.get_run(run.info.run_id).data.tags["status"] == "failed"
 
     ghost = SimpleNamespace(trial_id="ghost", config={}, error_file=None)
     callback.on_trial_result(0, [], ghost, {"step": 10})
+    callback.on_trial_start(0, [], ghost)  # the writer goes on after a failed write
+    callback.on_experiment_end([])
+    assert "ghost" in tracker.children
     err = capsys.readouterr().err
     assert "warning: tracking trial ghost (on_trial_result) failed: KeyError" in err
     assert "the study goes on" in err
@@ -230,3 +235,46 @@ def test_the_parent_run_tells_the_outcome_to_a_reviewer_in_mlflow(tracked, smoke
         assert client.get_run(run.info.run_id).data.params["loss"] in name
         if tags["status"] == "completed":
             assert name.endswith(f"fid {run.data.metrics['final_fid']:.4g}")
+
+
+def test_writes_leave_tunes_loop_and_a_snapshot_waits_for_them(tmp_path, capsys):
+    """The callback returns while its write still waits on the store; Tune's snapshot of the
+    experiment (get_state) returns only once the write is in MLflow; the experiment's end says
+    how long the loop was held and logs it on the parent run."""
+    import threading
+    from types import SimpleNamespace
+
+    from study.callbacks import MlflowCallback
+
+    spec = load_spec(ROOT / "search_spaces" / "smoke.yaml")
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "spec.yaml").write_text((ROOT / "search_spaces" / "smoke.yaml").read_text())
+    tracker = StudyTracker(spec, study, f"sqlite:///{tmp_path / 'mlflow.db'}",
+                           baseline_params(spec))
+    callback = MlflowCallback(tracker, "search", tmp_path / "trials")
+    trial = SimpleNamespace(trial_id="t1", config={"lr_g": 1e-3}, error_file=None)
+    callback.on_trial_start(0, [], trial)
+    callback.flush()
+    rid = tracker.children["t1"]
+
+    store_free, logging = threading.Event(), tracker.log_result
+
+    def slow_store(*args):  # the store answers only when the test lets it
+        assert store_free.wait(10), "the callback waited for its write"
+        logging(*args)
+
+    tracker.log_result = slow_store
+    callback.on_trial_result(0, [], trial, {"step": 10, "loss_g": 1.5})
+    assert tracker.client.get_metric_history(rid, "loss_g") == []  # returned before the write
+    store_free.set()
+    assert callback.get_state() is None  # Tune's snapshot
+    assert [m.value for m in tracker.client.get_metric_history(rid, "loss_g")] == [1.5]
+
+    callback.on_trial_result(0, [], trial, {"step": 20, "loss_g": 1.25})
+    callback.on_experiment_end([])
+    assert [m.step for m in tracker.client.get_metric_history(rid, "loss_g")] == [10, 20]
+    assert "search: tracking held Tune's loop" in capsys.readouterr().err
+    parent = tracker.client.get_run(tracker.parent_id).data.metrics
+    assert parent["search_hold_p99_ms"] >= parent["search_hold_p50_ms"] > 0
+    assert parent["search_write_p99_ms"] > 0 and parent["search_snapshot_wait_s"] > 0
