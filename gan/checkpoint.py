@@ -13,6 +13,7 @@ from gan.errors import CheckpointError
 from gan.fileio import atomic_torch_save
 
 FORMAT = 1
+BEST_FILE = "best.pt"  # in a run's folder: the generator of its best evaluation
 GENERATOR_KEYS = ("format", "config", "step", "generator")
 TRAINING_KEYS = (*GENERATOR_KEYS, "discriminator", "opt_g", "opt_d", "rng", "best", "fixed_noise")
 

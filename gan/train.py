@@ -20,7 +20,13 @@ import torch
 from torch import Tensor
 
 from gan.artifacts import plot_losses, save_grid, write_progress_gif
-from gan.checkpoint import checkpoint_config, load_checkpoint, load_generator, save_checkpoint
+from gan.checkpoint import (
+    BEST_FILE,
+    checkpoint_config,
+    load_checkpoint,
+    load_generator,
+    save_checkpoint,
+)
 from gan.config import TrainConfig, make_config, parse_overrides, read_yaml
 from gan.data import ImageData, load_images
 from gan.ema import EMA
@@ -39,6 +45,11 @@ OPTIMIZER_FIELDS = frozenset({"lr_g", "lr_d", "beta1", "beta2"})
 SMOKE = {"steps": 20, "log_every": 5, "sample_every": 10, "checkpoint_every": 10,
          "batch_size": 32, "eval_every": 20, "eval_n": 200, "final_n": 500}
 FIXED_SAMPLES = 64
+
+
+def grid_path(out_dir: Path, step: int) -> Path:
+    """The fixed-noise sample grid a run saved at `step`."""
+    return out_dir / "samples" / f"step_{step:06d}.png"
 
 
 def select_device(name: str) -> torch.device:
@@ -258,15 +269,14 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
                 record.update(scores)
                 if scores["fid"] < best["fid"]:  # the minimum over checkpoints (Lucic et al.)
                     best = {"fid": scores["fid"], "step": done}
-                    save_checkpoint(out_dir / "best.pt", {
+                    save_checkpoint(out_dir / BEST_FILE, {
                         "config": cfg.model_dump(), "step": done,
                         "generator": product().state_dict(), "metrics": scores})
             records.append(record)
             with open(out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
         if last or crossed(before, now, cfg.sample_every):
-            save_grid(generate(product(), fixed_noise),
-                      out_dir / "samples" / f"step_{done:06d}.png")
+            save_grid(generate(product(), fixed_noise), grid_path(out_dir, done))
         if last or crossed(before, now, cfg.checkpoint_every):
             networks = {"config": cfg.model_dump(), "step": done,
                         "generator": product().state_dict(),
@@ -327,8 +337,8 @@ def crossed(before: float, now: float, every: int) -> bool:
 
 def final_score(evaluator: Evaluator, out_dir: Path, device: torch.device) -> dict:
     """The run's result: its best checkpoint re-scored with final_n samples, floor beside it."""
-    G, cfg = load_generator(out_dir / "best.pt", device)
-    step = load_checkpoint(out_dir / "best.pt", full=False)["step"]
+    G, cfg = load_generator(out_dir / BEST_FILE, device)
+    step = load_checkpoint(out_dir / BEST_FILE, full=False)["step"]
     # As many samples as the floor has real images: FID's bias depends on N.
     n = min(cfg.final_n, evaluator.max_n)
     scores = evaluator.score_generator(

@@ -15,12 +15,15 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 
+from gan.checkpoint import BEST_FILE
 from gan.progress import note
+from study.reported import SAMPLE_GRID
 from study.tracking import StudyTracker
 from study.trainable import error_reason
 from study.writer import Writer, percentiles_ms
@@ -41,8 +44,8 @@ def timed(event: Callable) -> Callable:
 class MlflowCallback(tune.Callback):
     """Tune's events, in the driver, as MLflow writes through a StudyTracker."""
 
-    def __init__(self, tracker: StudyTracker, phase: str, trials_dir: Path):
-        self.tracker, self.phase, self.trials_dir = tracker, phase, trials_dir
+    def __init__(self, tracker: StudyTracker, phase: str):
+        self.tracker, self.phase = tracker, phase
         self.last: dict[str, dict] = {}
         self.held_s: dict[str, list[float]] = {}  # event name -> its hold on Tune's loop, each
         self._writer: Writer | None = None
@@ -80,9 +83,12 @@ class MlflowCallback(tune.Callback):
     @timed
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict,
                         **info: Any) -> None:
+        # Tune lets callbacks change a result in place, and runs its own loggers after ours:
+        # the grid's bytes stay out of Tune's files, its snapshot and the trial's last result.
+        grid = result.pop(SAMPLE_GRID, None)
         self.last[trial.trial_id] = result
         self._write(trial.trial_id, "on_trial_result", self.tracker.log_result, trial.trial_id,
-                    {**result, "run_dir": self.trials_dir / trial.trial_id})
+                    dict(result), grid)
 
     @timed
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
@@ -90,8 +96,15 @@ class MlflowCallback(tune.Callback):
         status = last.get("status", "completed") if last.get("final") else "pruned"
         reason = last.get("reason", "") if last.get("final") else (
             f"stopped early by the scheduler at step {last.get('step', 0)}")
-        self._write(trial.trial_id, "on_trial_complete", self.tracker.end_trial, trial.trial_id,
-                    status, reason, self.trials_dir / trial.trial_id / "best.pt")
+        # a completed trial's last checkpoint holds its best generator (in Tune's storage)
+        self._write(trial.trial_id, "on_trial_complete", self._end, trial.trial_id, status,
+                    reason, trial.checkpoint if status == "completed" else None)
+
+    def _end(self, trial_id: str, status: str, reason: str,
+             checkpoint: tune.Checkpoint | None) -> None:
+        with checkpoint.as_directory() if checkpoint else nullcontext(None) as folder:
+            self.tracker.end_trial(trial_id, status, reason,
+                                   Path(folder) / BEST_FILE if folder else None)
 
     @timed
     def on_trial_recover(self, iteration: int, trials: list, trial, **info: Any) -> None:

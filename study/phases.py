@@ -139,7 +139,7 @@ class Phases:
         for r in results:
             self.tracker.relabel(result_trial_id(r), labels.get(point_key(r.config)))
         wanted = [r for r in results if point_key(r.config) in labels]
-        runs = trial_rows(wanted, spec, self.baseline, self.place.study_dir / "trials")
+        runs = trial_rows(wanted, spec, self.baseline)
         runs["label"] = [labels[point_key(r.config)] for r in wanted]
         return runs
 
@@ -164,7 +164,7 @@ class Phases:
             self.tracker.relabel(result_trial_id(r), "final" if point_key(r.config) == point_key(
                 point) else None)
         wanted = [r for r in results if point_key(r.config) == point_key(point)]
-        return trial_rows(wanted, self.spec, self.baseline, self.place.study_dir / "trials")
+        return trial_rows(wanted, self.spec, self.baseline)
 
     def trainable(self, phase: str):
         """run_trial with the phase's resources: a trial's, or the final run's (a whole node),
@@ -175,7 +175,7 @@ class Phases:
         from study.final import final_resources
         from study.trainable import run_trial
 
-        trials_dir = (self.place.study_dir / "trials").resolve()
+        trials_dir = self.place.trials_dir.resolve()
         resources = {"cpu": self.spec.resources.cpu, "gpu": self.spec.resources.gpu}
         if phase == "final":
             resources = final_resources(self.spec, [n["Resources"].get("CPU", 0)
@@ -195,7 +195,6 @@ class Phases:
 
         spec = self.spec
         experiment = self.state.add(phase, trials)
-        trials_dir = (self.place.study_dir / "trials").resolve()
         # PBT clones other trials' checkpoints, perhaps long after they were made: it keeps them
         # all (reported at perturbation steps only); otherwise the latest, which holds the
         # trial's best.pt too.
@@ -210,7 +209,7 @@ class Phases:
             run_config=tune.RunConfig(
                 name=experiment.name, storage_path=self.place.storage,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
-                callbacks=[MlflowCallback(self.tracker, phase, trials_dir)],
+                callbacks=[MlflowCallback(self.tracker, phase)],
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 verbose=1),
         )
@@ -229,7 +228,7 @@ class Phases:
                                                default_mode=self.spec.direction)
             return list(tune.ResultGrid(analysis))
         if "://" not in path:
-            refill_deleted_checkpoints(Path(path), self.place.study_dir / "trials")
+            refill_deleted_checkpoints(Path(path))
         tuner = tune.Tuner.restore(path, self.trainable(experiment.phase),
                                    resume_unfinished=True)
         return self.run(tuner, experiment, None)

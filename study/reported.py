@@ -35,3 +35,10 @@ class Status(StrEnum):
 
 
 ENDED = tuple(s for s in Status if s != Status.RUNNING)
+
+# Files a trial's reports carry, so that no node needs another's disk: each evaluation's
+# fixed-noise sample grid (PNG bytes; the driver's tracking takes it out of the result before
+# Tune records it), and the trial's PBT exploits so far (JSON, "" for none). The generator
+# travels in the last report's checkpoint.
+SAMPLE_GRID = "sample_grid"
+PERTURBATIONS = "perturbations"

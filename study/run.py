@@ -60,10 +60,12 @@ def smoke_spec(spec: StudySpec) -> StudySpec:
 
 
 TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+ARTIFACT_SCHEMES = ("s3", "gs", "wasbs", "abfss", "hdfs", "sftp", "file", "mlflow-artifacts")
 
 
 def validate(spec_path: Path, smoke: bool, out: Path | None, tracking_uri: str | None,
-             trials: int | None = None, dataset: str | None = None) -> tuple[StudySpec, Path]:
+             trials: int | None = None, dataset: str | None = None,
+             scratch: str | None = None, artifacts: str | None = None) -> tuple[StudySpec, Path]:
     """Everything that can reject the input, before Ray starts and before anything is written
     (but the caches: a folder's decoded images and label-free feature network)."""
     spec = load_spec(spec_path)
@@ -85,6 +87,11 @@ def validate(spec_path: Path, smoke: bool, out: Path | None, tracking_uri: str |
             TRACKING_SCHEMES):
         raise ConfigError(f"--mlflow-uri {tracking_uri}: expected a tracking server "
                           "(http://host:port) or a database (sqlite:///path/mlflow.db)")
+    if scratch is not None and Path(scratch).is_file():
+        raise ConfigError(f"--scratch {scratch}: is a file, not a directory")
+    if artifacts is not None and artifacts.split("://", 1)[0] not in ARTIFACT_SCHEMES:
+        raise ConfigError(f"--mlflow-artifacts {artifacts}: expected an artifact store URI "
+                          f"({', '.join(f'{k}://' for k in ARTIFACT_SCHEMES)})")
     return spec, study_dir
 
 
@@ -135,15 +142,19 @@ def study_dir_of(spec_path: Path, smoke: bool, out: Path | None) -> Path:
 
 
 def validate_resume(study_dir: Path, trials: int | None, tracking_uri: str | None,
-                    storage: str | None, address: str | None) -> tuple[StudySpec, StudyState]:
+                    storage: str | None, address: str | None, scratch: str | None = None,
+                    artifacts: str | None = None) -> tuple[StudySpec, StudyState]:
     """A study to continue: its own spec.yaml and study.json, with more trials if asked. Its
     stores stay where they are; only the Ray cluster's address may change."""
     state = load_state(study_dir)
     spec_path = study_dir / "spec.yaml"
     spec = load_spec(spec_path)
     place = state.place
-    for flag, given, recorded in (("--mlflow-uri", tracking_uri, place.tracking_uri),
-                                  ("--storage", storage, place.storage)):
+    for flag, given, recorded in (
+            ("--mlflow-uri", tracking_uri, place.tracking_uri),
+            ("--storage", storage, place.storage),
+            ("--scratch", scratch and str(Path(scratch).resolve()), place.scratch),
+            ("--mlflow-artifacts", artifacts, place.artifacts)):
         if given is not None and given != recorded:
             raise ConfigError(f"{flag} {given}: the study at {study_dir} records {recorded} "
                               "(study.json); a resumed study keeps its stores")
@@ -218,12 +229,11 @@ def run_study(spec: StudySpec, place: Placement, spec_text: str, spec_path: str 
     state = state or StudyState(place)
     state.begin_session()
     baseline = baseline_params(spec)
-    tracker = StudyTracker(spec, study_dir, place.tracking_uri, baseline)
+    tracker = StudyTracker(spec, study_dir, place.tracking_uri, baseline, place.artifacts)
     interrupts = Interrupts()
     phases = Phases(spec, place, state, tracker, baseline, interrupts)
-    trials_dir = study_dir / "trials"
     with interrupts.installed():
-        rows = trial_rows(phases.search(), spec, baseline, trials_dir)
+        rows = trial_rows(phases.search(), spec, baseline)
         out: dict[str, Any] = {"rows": rows, "baseline": baseline, "confirm_runs": None,
                                "confirm_table": None, "verdict": None, "final_runs": None}
         board = leaderboard(rows, spec)
@@ -268,7 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a "
                         "runtime started on this machine)")
     parser.add_argument("--storage", help="where Ray keeps trial results and checkpoints: a path "
-                        "or URI every node can reach (default <study dir>/ray)")
+                        "or URI every node can reach, e.g. s3://bucket/studies (default "
+                        "<study dir>/ray)")
+    parser.add_argument("--scratch", help="each node's folder for its trials' working files, "
+                        "read by no other node (default <study dir>/trials)")
+    parser.add_argument("--mlflow-artifacts", help="where MLflow keeps a new experiment's "
+                        "artifacts, e.g. s3://bucket/mlartifacts (default: beside a SQLite "
+                        "store, or the tracking server's choice)")
     parser.add_argument("--no-report", action="store_true",
                         help="skip building the report notebook at the end")
     parser.add_argument("--reports-dir", type=Path, default=Path("reports"),
@@ -284,16 +300,18 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("--dataset: a resumed study keeps its dataset (spec.yaml)")
             study_dir = study_dir_of(args.spec, args.smoke, args.out)
             spec, state = validate_resume(study_dir, args.trials, args.mlflow_uri, args.storage,
-                                          address)
+                                          address, args.scratch, args.mlflow_artifacts)
             place = state.place
         else:
             uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
             spec, study_dir = validate(args.spec, args.smoke, args.out, uri, args.trials,
-                                       args.dataset)
+                                       args.dataset, args.scratch, args.mlflow_artifacts)
             from study.tracking import default_tracking_uri  # imports MLflow: after validation
 
             place = Placement(study_dir, uri or default_tracking_uri(study_dir),
-                              args.storage or str((study_dir / "ray").resolve()), address)
+                              args.storage or str((study_dir / "ray").resolve()), address,
+                              args.scratch and str(Path(args.scratch).resolve()),
+                              args.mlflow_artifacts)
             state = None
         spec_text = yaml.safe_dump(spec.model_dump(), sort_keys=False)
         out = run_study(spec, place, spec_text, str(args.spec), state)

@@ -23,6 +23,13 @@ class Placement:
     tracking_uri: str
     storage: str  # where Ray keeps trial results and checkpoints (a path or a URI)
     address: str | None  # the Ray cluster to join; None starts a runtime on this machine
+    # each node's folder for its trials' working files, which no other node reads
+    scratch: str | None = None  # None: <study dir>/trials
+    artifacts: str | None = None  # MLflow's artifact store for a new experiment; None: its own
+
+    @property
+    def trials_dir(self) -> Path:
+        return Path(self.scratch) if self.scratch else self.study_dir / "trials"
 
 
 @dataclass
@@ -85,7 +92,7 @@ def load_state(study_dir: Path) -> StudyState:
     try:
         data = json.loads(path.read_text())
         place = Placement(Path(data["study_dir"]), data["tracking_uri"], data["storage"],
-                          data["address"])
+                          data["address"], data.get("scratch"), data.get("artifacts"))
         experiments = [Experiment(**e) for e in data.get("experiments", [])]
         sessions = [float(t) for t in data.get("sessions", [])]
     except (ValueError, KeyError, TypeError) as err:

@@ -11,21 +11,23 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import yaml
 
+from gan.checkpoint import BEST_FILE
 from gan.config import make_config
 from gan.fileio import atomic_write_text
-from study.reported import OBJECTIVES, QUALITY
+from study.reported import OBJECTIVES, PERTURBATIONS, QUALITY
 from study.space import hyperparameters, is_baseline
 from study.spec import StudySpec, trial_values
 
 if TYPE_CHECKING:  # Ray stays out of what a report kernel imports (study.confirm uses this)
     from ray.tune import ResultGrid
 
+CHECKPOINT = "checkpoint"  # a row's Tune checkpoint: the driver's, never written to a file
 
 
-def trial_rows(results: ResultGrid, spec: StudySpec, baseline: dict[str, Any],
-               trials_dir: Path) -> pd.DataFrame:
-    """One row per trial: id, every hyperparameter, final and best-seen metrics, status, time."""
-    from study.trainable import PERTURBATIONS, error_reason
+def trial_rows(results: ResultGrid, spec: StudySpec, baseline: dict[str, Any]) -> pd.DataFrame:
+    """One row per trial: id, every hyperparameter, final and best-seen metrics, status, time;
+    and, for the driver only, its last checkpoint (in Tune's storage)."""
+    from study.trainable import error_reason
 
     rows = []
     for r in results:
@@ -65,12 +67,21 @@ def trial_rows(results: ResultGrid, spec: StudySpec, baseline: dict[str, Any],
         for m in ("fid",):
             seen = evals[m] if m in evals else pd.Series(dtype=float)
             row[f"best_eval_{m}"] = float(seen.min()) if len(seen) else math.nan
-        history = trials_dir / trial_id / PERTURBATIONS  # PBT's exploits of this trial
-        events = history.read_text().splitlines() if history.exists() else []
-        row["perturbations"] = json.dumps([json.loads(x) for x in events]) if events else ""
-        row["path"] = str(trials_dir / trial_id)
+        events = exploits(history)
+        row[PERTURBATIONS] = json.dumps(events) if events else ""
+        row[CHECKPOINT] = r.checkpoint
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def exploits(history: pd.DataFrame) -> list[dict]:
+    """A PBT member's exploits, from every report it made: each report carries its history as
+    its node knew it, and a member restarted on another node knows only what came since."""
+    seen: dict[str, dict] = {}
+    for text in history.get(PERTURBATIONS, pd.Series(dtype=str)).dropna():
+        for event in json.loads(text) if isinstance(text, str) and text else []:
+            seen.setdefault(json.dumps(event, sort_keys=True), event)
+    return list(seen.values())
 
 
 def leaderboard(rows: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
@@ -112,10 +123,12 @@ def write_outputs(rows: pd.DataFrame, spec: StudySpec, study_dir: Path,
     when a trial completed: the final run's where it completed (the study's product), else the
     chosen configuration's run (see `chosen`). `why` heads best_config.yaml as a comment:
     which configuration it is, and why. Returns the row the two files come from."""
-    atomic_write_text(study_dir / "summary.csv", rows.drop(columns=["path"]).to_csv(index=False))
+    atomic_write_text(study_dir / "summary.csv",
+                      rows.drop(columns=[CHECKPOINT]).to_csv(index=False))
     for name, runs in (("confirmation.csv", confirm_runs), ("final.csv", final_runs)):
         if runs is not None:
-            atomic_write_text(study_dir / name, runs.drop(columns=["path"]).to_csv(index=False))
+            atomic_write_text(study_dir / name,
+                              runs.drop(columns=[CHECKPOINT]).to_csv(index=False))
     product = leaderboard(final_runs, spec) if final_runs is not None else pd.DataFrame()
     best = product.iloc[0] if not product.empty else chosen(rows, spec, confirm_runs,
                                                             confirm_table)
@@ -125,7 +138,8 @@ def write_outputs(rows: pd.DataFrame, spec: StudySpec, study_dir: Path,
     header = f"# {why}\n" if why else ""
     atomic_write_text(study_dir / "best_config.yaml",
                       header + yaml.safe_dump(config, sort_keys=False))
-    shutil.copy2(Path(best["path"]) / "best.pt", study_dir / "best_generator.pt")
+    with best[CHECKPOINT].as_directory() as folder:  # the trial's last, in Tune's storage
+        shutil.copy2(Path(folder) / BEST_FILE, study_dir / "best_generator.pt")
     return best
 
 

@@ -13,6 +13,7 @@ and the generator of its best checkpoint as an MLflow PyTorch model.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import subprocess
@@ -106,13 +107,14 @@ class StudyTracker:
     """The study's experiment and parent run, and the child run of every trial."""
 
     def __init__(self, spec: StudySpec, study_dir: Path, tracking_uri: str,
-                 baseline: dict[str, Any]):
+                 baseline: dict[str, Any], artifacts: str | None = None):
         self.spec, self.study_dir, self.uri = spec, study_dir, tracking_uri
-        self.baseline = baseline
+        self.baseline, self.artifacts = baseline, artifacts
         self.client = MlflowClient(tracking_uri)
         experiment = self.client.get_experiment_by_name(spec.name)
         self.experiment_id = experiment.experiment_id if experiment else (
-            self.client.create_experiment(spec.name, artifact_location=artifact_root(tracking_uri),
+            self.client.create_experiment(spec.name, artifact_location=artifacts or (
+                                              artifact_root(tracking_uri)),
                                           tags={"mlflow.experimentKind":
                                                 "custom_model_development"}))
         self.parent_id = self._parent_run()
@@ -142,7 +144,7 @@ class StudyTracker:
     # tracker comes back by finding its runs again, not with the state it had when pickled.
     def __getstate__(self) -> dict[str, Any]:
         return {"spec": self.spec, "study_dir": self.study_dir, "tracking_uri": self.uri,
-                "baseline": self.baseline}
+                "baseline": self.baseline, "artifacts": self.artifacts}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)
@@ -207,8 +209,8 @@ class StudyTracker:
         self.last_step[rid], self.imaged[rid] = 0, set()
         return rid
 
-    def log_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        """One evaluation (metrics and the sample grid at its step), or the trial's final result.
+    def log_result(self, trial_id: str, result: dict[str, Any], grid: bytes | None = None) -> None:
+        """One evaluation (metrics and its sample grid, PNG bytes), or the trial's final result.
         A step already logged is not logged again (a trial restored from its checkpoint repeats
         the steps after it, with the same values); metrics and grid are checked apart, so a grid
         a killed driver missed after the step's metrics comes with the step's replay."""
@@ -229,9 +231,8 @@ class StudyTracker:
         if step > self.last_step[rid]:
             self._log_metrics(rid, {k: result[k] for k in STEP_METRICS if k in result}, step)
             self.last_step[rid] = step
-        grid = Path(result.get("run_dir", "")) / "samples" / f"step_{step:06d}.png"
-        if step not in self.imaged[rid] and grid.is_file():
-            with Image.open(grid) as image:
+        if step not in self.imaged[rid] and grid is not None:
+            with Image.open(io.BytesIO(grid)) as image:
                 self.client.log_image(rid, image.convert("RGB"), key=SAMPLES_KEY, step=step,
                                       synchronous=True)
             self.imaged[rid].add(step)

@@ -26,19 +26,19 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
 from ray.tune.search.optuna import OptunaSearch
 
-from gan.checkpoint import load_checkpoint
+from gan.checkpoint import BEST_FILE, load_checkpoint
 from gan.config import make_config
 from gan.errors import CheckpointError, DivergedError
 from gan.fileio import read_jsonl
 from gan.models import build_generator
-from gan.train import OPTIMIZER_FIELDS, train
-from study.reported import PROGRESS, QUALITY
+from gan.train import OPTIMIZER_FIELDS, grid_path, train
+from study.reported import PERTURBATIONS, PROGRESS, QUALITY, SAMPLE_GRID
 from study.space import hyperparameters, is_baseline, is_final
 from study.spec import Pbt, StudySpec, trial_values
 
-CHECKPOINT_FILES = ("checkpoint.pt", "best.pt")
+CHECKPOINT_FILES = ("checkpoint.pt", BEST_FILE)
 ORIGIN = "origin.json"  # which trial and step a reported checkpoint came from
-PERTURBATIONS = "perturbations.jsonl"
+HISTORY = "perturbations.jsonl"  # the trial's PBT exploits, in its scratch folder
 WORST = 1e9  # a diverged trial's value: worse than any real score
 
 
@@ -66,9 +66,10 @@ def run_trial(config: dict[str, Any], spec: StudySpec, trials_dir: str,
     """The Tune function trainable: one `gan.train` run, continued from its latest checkpoint
     when Tune restarts it (a retry, a resumed study, PBT's exploit).
 
-    Its outputs (metrics.jsonl, samples, checkpoints) go to `trials_dir/<trial id>/`, a folder of
-    the study's own (shared storage on a cluster), not Ray's staging folder, which Ray copies
-    while the trainer writes."""
+    Its outputs (metrics.jsonl, samples, checkpoints) go to `trials_dir/<trial id>/`, scratch
+    space on the node it runs on (not Ray's staging folder, which Ray copies while the trainer
+    writes). What anyone else needs travels with the reports: the sample grids and the PBT
+    history in the results, the checkpoints (and the best generator) through Tune's storage."""
     params = hyperparameters(config)
     # torch threads = the CPUs Ray gave us
     threads = max(1, math.floor(cpu or spec.resources.cpu))
@@ -91,32 +92,45 @@ def run_trial(config: dict[str, Any], spec: StudySpec, trials_dir: str,
     pbt = isinstance(spec.scheduler, Pbt) and not is_final(config)
     start = restore_checkpoint(tune.get_checkpoint(), cfg, run_dir, pbt)
 
-    def report_evaluation(record: dict) -> None:
-        progress.update({k: record[k] for k in PROGRESS if k in record})
-        if "fid" not in record:  # only evaluations go to Tune: they carry the metrics
-            return
-        result = {**record, **provenance, "torch_threads": torch.get_num_threads(),
-                  "final": False, "status": "running", "reported_at": time.time()}
-        if pbt and not checkpoint_step(spec, record["step"]):
-            tune.report(result)
-            return
+    def carried(step: int | None = None) -> dict[str, Any]:
+        """What the driver needs from the trial's folder, in the report: the PBT history, and
+        the sample grid of an evaluation's step."""
+        history = run_dir / HISTORY
+        events = [json.loads(x) for x in history.read_text().splitlines()] if (
+            history.is_file()) else []
+        grid = grid_path(run_dir, step) if step is not None else None
+        return {PERTURBATIONS: json.dumps(events) if events else "",
+                **({SAMPLE_GRID: grid.read_bytes()} if grid and grid.is_file() else {})}
+
+    def checkpoint_at(step: int) -> tune.Checkpoint:
         shutil.rmtree(report_dir, ignore_errors=True)
         report_dir.mkdir()
         for name in CHECKPOINT_FILES:
             if (run_dir / name).exists():
                 _link_or_copy(run_dir / name, report_dir / name)
-        (report_dir / ORIGIN).write_text(json.dumps({"trial_id": trial_id,
-                                                     "step": record["step"]}))
+        (report_dir / ORIGIN).write_text(json.dumps({"trial_id": trial_id, "step": step}))
         # Tune copies the directory into its storage before returning.
-        tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(report_dir)))
+        return tune.Checkpoint.from_directory(str(report_dir))
+
+    def report_evaluation(record: dict) -> None:
+        progress.update({k: record[k] for k in PROGRESS if k in record})
+        if "fid" not in record:  # only evaluations go to Tune: they carry the metrics
+            return
+        result = {**record, **provenance, **carried(record["step"]),
+                  "torch_threads": torch.get_num_threads(),
+                  "final": False, "status": "running", "reported_at": time.time()}
+        if pbt and not checkpoint_step(spec, record["step"]):
+            tune.report(result)
+            return
+        tune.report(result, checkpoint=checkpoint_at(record["step"]))
 
     if start is not None and not pbt:
         # The evaluations up to the checkpoint, again: a killed driver may have missed the
         # last ones. Every store keeps a step once; PBT's checkpoints are exactly Tune's.
         for record in read_jsonl(run_dir / "metrics.jsonl"):
             if "fid" in record and record["step"] <= start:
-                tune.report({**record, **provenance, "final": False, "status": "running",
-                             "replayed": True})
+                tune.report({**record, **provenance, **carried(record["step"]),
+                             "final": False, "status": "running", "replayed": True})
     try:
         # Adam's settings may differ from the checkpoint's: PBT perturbs them on exploit.
         result = train(cfg, run_dir, resume=start is not None, on_log=report_evaluation,
@@ -128,14 +142,18 @@ def run_trial(config: dict[str, Any], spec: StudySpec, trials_dir: str,
         tune.report({**progress, **worst, "step": err.step, **provenance,
                      "final": True, "status": "diverged", "reason": str(err),
                      "reported_at": time.time()})
-        return
-    finally:
         shutil.rmtree(report_dir, ignore_errors=True)
+        return
     # where the run ended, in each unit: a run measured in seconds ends where time ran out
     last = result.records[-1] if result.records else {"step": cfg.steps}
     ended = {k: last[k] for k in ("step", "images", "train_s") if k in last}
-    tune.report({**result.final, **ended, **provenance, "final": True,
-                 "status": "completed", "reported_at": time.time()})
+    try:
+        # its checkpoint holds best.pt, the generator the driver logs to MLflow
+        tune.report({**result.final, **ended, **provenance, **carried(), "final": True,
+                     "status": "completed", "reported_at": time.time()},
+                    checkpoint=checkpoint_at(ended["step"]))
+    finally:
+        shutil.rmtree(report_dir, ignore_errors=True)
 
 
 def restore_checkpoint(checkpoint: tune.Checkpoint | None, cfg, run_dir: Path,
@@ -167,7 +185,7 @@ def restore_checkpoint(checkpoint: tune.Checkpoint | None, cfg, run_dir: Path,
     return own
 
 
-def refill_deleted_checkpoints(experiment_dir: Path, trials_dir: Path) -> None:
+def refill_deleted_checkpoints(experiment_dir: Path) -> None:
     """Before Tuner.restore: every checkpoint an unfinished trial's last snapshot may name exists.
 
     Ray registers a trial's checkpoint an event after its result and snapshots the experiment
@@ -178,8 +196,7 @@ def refill_deleted_checkpoints(experiment_dir: Path, trials_dir: Path) -> None:
     becomes hard links to that newest one: the trial continues from it and replays what the
     snapshot missed, as when it finds its own checkpoint newer (restore_checkpoint)."""
     for trial_dir in experiment_dir.glob("run_trial_*"):
-        trial_id = trial_dir.name.split("_")[2]
-        if (trials_dir / trial_id / "result.json").exists():  # finished: never restored
+        if finished(trial_dir / "result.json"):  # never restored
             continue
         found = {int(p.name.removeprefix("checkpoint_")): p
                  for p in trial_dir.glob("checkpoint_*") if p.is_dir()}
@@ -187,6 +204,14 @@ def refill_deleted_checkpoints(experiment_dir: Path, trials_dir: Path) -> None:
             if index not in found:
                 shutil.copytree(found[max(found)], trial_dir / f"checkpoint_{index:06d}",
                                 copy_function=_link_or_copy)
+
+
+def finished(results: Path) -> bool:
+    """Whether a trial's results, as Tune recorded them (one JSON line each), hold its last."""
+    if not results.is_file():
+        return False
+    return any(json.loads(line).get("final") for line in results.read_text().splitlines()
+               if line.strip())
 
 
 def _checkpoint_step(path: Path) -> int | None:
@@ -219,7 +244,7 @@ def record_perturbation(restored: Path, cfg, run_dir: Path) -> None:
     own = origin["trial_id"] == tune.get_context().get_trial_id()
     if own and not changed:
         return  # a plain restore of this trial's own checkpoint (after a failure)
-    with open(run_dir / PERTURBATIONS, "a") as f:
+    with open(run_dir / HISTORY, "a") as f:
         f.write(json.dumps({"step": origin["step"], "from_trial": origin["trial_id"],
                             "changed": changed}) + "\n")
 

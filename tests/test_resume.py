@@ -58,10 +58,11 @@ def finish(proc: subprocess.Popen, code: int = 0) -> str:
     return err
 
 
-def trial_progress(study: Path, evaluations: int) -> tuple[int, int]:
-    """(trials whose trainer finished, trials past `evaluations` evaluations and not finished)."""
+def trial_progress(trials: Path, evaluations: int) -> tuple[int, int]:
+    """(trials whose trainer finished, trials past `evaluations` evaluations and not finished),
+    from the trials' folders."""
     done = midway = 0
-    for run in (study / "trials").glob("[!.]*"):
+    for run in trials.glob("[!.]*"):
         if (run / "result.json").exists():
             done += 1
         elif (run / "metrics.jsonl").exists():
@@ -70,11 +71,11 @@ def trial_progress(study: Path, evaluations: int) -> tuple[int, int]:
     return done, midway
 
 
-def wait_for(proc: subprocess.Popen, study: Path, done: int, midway: int,
+def wait_for(proc: subprocess.Popen, trials: Path, done: int, midway: int,
              evaluations: int = 2) -> None:
     deadline = time.time() + 300
     while True:
-        now_done, now_midway = trial_progress(study, evaluations)
+        now_done, now_midway = trial_progress(trials, evaluations)
         if now_done >= done and now_midway >= midway:
             return
         assert proc.poll() is None, proc.communicate()
@@ -146,7 +147,7 @@ def test_sigkill_then_resume_finishes_every_trial_once(tmp_path):
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec(name, 6), sort_keys=False))
     study = tmp_path / "runs" / name
     proc = start([str(tmp_path / "spec.yaml"), "--out", str(study)])
-    wait_for(proc, study, done=2, midway=1)
+    wait_for(proc, study / "trials", done=2, midway=1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
 
@@ -184,7 +185,7 @@ def test_sigint_stops_cleanly_then_resume_and_extend(tmp_path):
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec(name, 4, **extra), sort_keys=False))
     study = tmp_path / "runs" / name
     proc = start([str(tmp_path / "spec.yaml"), "--out", str(study)])
-    wait_for(proc, study, done=1, midway=1)
+    wait_for(proc, study / "trials", done=1, midway=1)
     os.kill(proc.pid, signal.SIGINT)
     err = finish(proc, 130)
     command = re.search(r"python -m study\.run (\S+) --resume", err)
@@ -272,7 +273,7 @@ def test_pbt_population_killed_then_resumed_finishes_once(tmp_path):
     study = tmp_path / "runs" / name
     proc = start([str(tmp_path / "spec.yaml"), "--out", str(study)])
     # Past step 40 in half the population: PBT has checkpointed (steps 20, 40) and exploited.
-    wait_for(proc, study, done=0, midway=2, evaluations=5)
+    wait_for(proc, study / "trials", done=0, midway=2, evaluations=5)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
     killed_at = time.time()

@@ -115,23 +115,25 @@ def test_a_restored_pbt_member_keeps_its_perturbation_schedule(tmp_path):
 
 def test_checkpoints_deleted_behind_the_snapshot_are_made_again(tmp_path):
     # As CI left it: the snapshot named checkpoint 0, Ray had deleted it for 1, 2 came unseen.
-    experiment, trials = tmp_path / "search", tmp_path / "trials"
+    experiment = tmp_path / "search"
     cut = experiment / "run_trial_3e40ec45_3_lr_d=0.0004_2026-11-23_15-39-13"
     done = experiment / "run_trial_d53e40b9_4_lr_d=0.0004_2026-11-23_15-39-13"
     for index, step in ((1, 20), (2, 30)):
         (cut / f"checkpoint_{index:06d}").mkdir(parents=True)
         (cut / f"checkpoint_{index:06d}" / "origin.json").write_text(f'{{"step": {step}}}')
     (done / "checkpoint_000008").mkdir(parents=True)
-    (trials / "d53e40b9").mkdir(parents=True)
-    (trials / "d53e40b9" / "result.json").write_text("{}")
+    (cut / "result.json").write_text('{"step": 10, "final": false}\n')
+    (done / "result.json").write_text('{"step": 10, "final": false}\n'
+                                      '{"step": 10, "final": true}\n')  # Tune's own record
 
-    refill_deleted_checkpoints(experiment, trials)
+    refill_deleted_checkpoints(experiment)
     again = cut / "checkpoint_000000" / "origin.json"
     assert again.read_text() == '{"step": 30}'  # the newest, not a guess at the deleted one
     assert again.stat().st_ino == (cut / "checkpoint_000002" / "origin.json").stat().st_ino
-    assert sorted(p.name for p in cut.iterdir()) == [f"checkpoint_00000{i}" for i in range(3)]
-    assert [p.name for p in done.iterdir()] == ["checkpoint_000008"]  # finished: left alone
-    refill_deleted_checkpoints(experiment, trials)  # a second resume finds nothing to do
+    assert sorted(p.name for p in cut.glob("checkpoint_*")) == [
+        f"checkpoint_00000{i}" for i in range(3)]
+    assert [p.name for p in done.glob("checkpoint_*")] == ["checkpoint_000008"]  # finished
+    refill_deleted_checkpoints(experiment)  # a second resume finds nothing to do
 
 
 def test_resume_rejects_what_would_change_or_shrink_the_study(tmp_path, capsys, monkeypatch):
@@ -146,7 +148,9 @@ def test_resume_rejects_what_would_change_or_shrink_the_study(tmp_path, capsys, 
     before = sorted(study.rglob("*"))
     cases = [(["--trials", "4"], "--trials 4: the study already plans 8 trials"),
              (["--mlflow-uri", "sqlite:///y/mlflow.db"], "a resumed study keeps its stores"),
-             (["--storage", "/elsewhere"], "--storage /elsewhere: the study at")]
+             (["--storage", "/elsewhere"], "--storage /elsewhere: the study at"),
+             (["--scratch", "/node/scratch"], "--scratch /node/scratch: the study at"),
+             (["--mlflow-artifacts", "s3://b/a"], "--mlflow-artifacts s3://b/a: the study at")]
     for extra, expected in cases:
         assert run_module.main([str(study), "--resume", *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()

@@ -1,5 +1,6 @@
 """MLflow tracking of the session's smoke study, read back with a real MlflowClient."""
 
+import io
 import json
 from pathlib import Path
 
@@ -132,26 +133,26 @@ def test_a_grid_the_killed_driver_missed_comes_with_the_replayed_step(tmp_path):
     from PIL import Image
 
     spec = load_spec(ROOT / "search_spaces" / "smoke.yaml")
-    study, run_dir = tmp_path / "study", tmp_path / "trial"
-    (run_dir / "samples").mkdir(parents=True)
+    study = tmp_path / "study"
     study.mkdir()
     (study / "spec.yaml").write_text((ROOT / "search_spaces" / "smoke.yaml").read_text())
+    grids = {}
     for step in (10, 20):
-        Image.new("L", (8, 8), step).save(run_dir / "samples" / f"step_{step:06d}.png")
+        png = io.BytesIO()
+        Image.new("L", (8, 8), step).save(png, format="PNG")
+        grids[step] = png.getvalue()
     uri, baseline = f"sqlite:///{tmp_path / 'mlflow.db'}", baseline_params(spec)
-
-    def evaluation(step: int) -> dict:
-        return {"step": step, "run_dir": str(run_dir), **dict.fromkeys(STEP_METRICS, 1.0)}
+    metrics = dict.fromkeys(STEP_METRICS, 1.0)
 
     killed = StudyTracker(spec, study, uri, baseline)
     rid = killed.start_trial("t1", dict(baseline), "search")
-    killed.log_result("t1", evaluation(10))
-    killed._log_metrics(rid, dict.fromkeys(STEP_METRICS, 1.0), 20)  # then the kill
+    killed.log_result("t1", {"step": 10, **metrics}, grids[10])
+    killed._log_metrics(rid, metrics, 20)  # then the kill
     assert sorted(sample_images(killed.client, rid)) == [10]
 
     resumed = StudyTracker(spec, study, uri, baseline)
-    for step in (10, 20, 20, 30):  # the replay, a repeat, a step without a grid on disk
-        resumed.log_result("t1", evaluation(step))
+    for step in (10, 20, 20, 30):  # the replay, a repeat, a step the trial had no grid for
+        resumed.log_result("t1", {"step": step, **metrics}, grids.get(step))
     assert sorted(sample_images(resumed.client, rid)) == [10, 20]
     history = resumed.client.get_metric_history(rid, "loss_g")
     assert sorted(m.step for m in history) == [10, 20, 30]
@@ -189,7 +190,7 @@ def test_no_trial_can_take_the_driver_down(tmp_path, capsys):
     (study / "spec.yaml").write_text((ROOT / "search_spaces" / "smoke.yaml").read_text())
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = StudyTracker(spec, study, uri, baseline_params(spec))
-    callback = MlflowCallback(tracker, "search", tmp_path / "trials")
+    callback = MlflowCallback(tracker, "search")
     clash = SimpleNamespace(trial_id="clash", config={"loss": "hinge", "label_smoothing": 0.2},
                             error_file=None)
     callback.on_trial_start(0, [], clash)  # the tracker used to raise here, in Tune's loop
@@ -252,7 +253,7 @@ def test_writes_leave_tunes_loop_and_a_snapshot_waits_for_them(tmp_path, capsys)
     (study / "spec.yaml").write_text((ROOT / "search_spaces" / "smoke.yaml").read_text())
     tracker = StudyTracker(spec, study, f"sqlite:///{tmp_path / 'mlflow.db'}",
                            baseline_params(spec))
-    callback = MlflowCallback(tracker, "search", tmp_path / "trials")
+    callback = MlflowCallback(tracker, "search")
     trial = SimpleNamespace(trial_id="t1", config={"lr_g": 1e-3}, error_file=None)
     callback.on_trial_start(0, [], trial)
     callback.flush()
