@@ -25,7 +25,7 @@ def build_searcher(spec: StudySpec, study_dir: Path, baseline: dict[str, Any],
     import optuna
 
     from study.space import DefineByRun
-    from study.trainable import FinalResultSearch
+    from study.tune_extensions import FinalResultSearch
 
     seed = spec.seed + extension
     if spec.searcher.type == "tpe":
@@ -46,7 +46,7 @@ def build_scheduler(spec: StudySpec, baseline: dict[str, Any], study_dir: Path):
     from ray.tune.schedulers import FIFOScheduler
 
     from study.space import tune_domain
-    from study.trainable import RUNGS_FILE, StudyASHA, StudyPBT
+    from study.tune_extensions import RUNGS_FILE, StudyASHA, StudyPBT
 
     if isinstance(spec.scheduler, Pbt):
         return StudyPBT(

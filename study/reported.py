@@ -35,6 +35,12 @@ class Status(StrEnum):
 
 
 ENDED = tuple(s for s in Status if s != Status.RUNNING)
+WORST = 1e9  # a diverged trial's value: worse than any real score
+
+
+def worst_value(mode: str) -> float:
+    """What a diverged trial scored, for a metric whose better direction is `mode`."""
+    return WORST if mode == "min" else -WORST
 
 # Files a trial's reports carry, so that no node needs another's disk: each evaluation's
 # fixed-noise sample grid (PNG bytes; the driver's tracking takes it out of the result before

@@ -2,7 +2,7 @@
 per trial, all written from the driver.
 
 Trials report to Tune; a Tune callback in the driver (study.callbacks) turns each report into
-MLflow writes through a StudyTracker. One
+MLflow writes through a StudyTracker, run by one writer thread (study.writer). One thread of one
 process writes, so a SQLite store never sees two writers ("database is locked"), and a trial
 process needs no MLflow connection at all. The child run holds everything needed to review a
 trial without the study directory: its hyperparameters (named as in the YAML), a point per

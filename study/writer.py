@@ -35,6 +35,7 @@ class Writer:
         self._jobs: queue.Queue = queue.Queue()
         self._on_error = on_error
         self.latency_s: list[float] = []  # per job: from its submission to its end
+        self.busy_s: list[float] = []  # per job: its own run, without the wait in the queue
         self._thread = threading.Thread(target=self._work, name="mlflow-writer", daemon=True)
         self._thread.start()
 
@@ -53,12 +54,15 @@ class Writer:
     def _work(self) -> None:
         while (item := self._jobs.get()) is not None:
             submitted, label, job, args = item
+            began = time.perf_counter()
             try:
                 job(*args)
             except Exception as err:
                 with contextlib.suppress(Exception):  # reporting must not end the thread
                     self._on_error(label, err)
             finally:
-                self.latency_s.append(time.perf_counter() - submitted)
+                ended = time.perf_counter()
+                self.latency_s.append(ended - submitted)
+                self.busy_s.append(ended - began)
                 self._jobs.task_done()
         self._jobs.task_done()

@@ -7,9 +7,9 @@ import yaml
 from mlflow import MlflowClient
 
 from study.report import build_report
+from study.reported import WORST
 from study.run import main
 from study.tracking import default_tracking_uri
-from study.trainable import WORST
 
 pytestmark = pytest.mark.slow
 

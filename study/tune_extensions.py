@@ -1,0 +1,160 @@
+"""Ray Tune's searcher and schedulers as the study extends them: the one module that touches
+their private state (OptunaSearch's Optuna trials, ASHA's brackets, PBT's per-member state).
+Ray is capped in pyproject.toml at the versions tested, and tests/test_search_state.py fails
+where a release moves what is touched here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
+from ray.tune.search.optuna import OptunaSearch
+
+from study.reported import worst_value
+from study.space import is_baseline
+
+
+class FinalResultSearch(OptunaSearch):
+    """OptunaSearch that gives Optuna a trial's value only from its full-budget final result,
+    and that survives a killed driver.
+
+    Ray's OptunaSearch tells Optuna COMPLETE with whatever the last result held, so a trial that
+    ASHA stopped after its grace period would enter TPE's model as if its low-budget score were
+    final (Ray issues #5459, #5651). Here such a trial is recorded as PRUNED, as Optuna's own
+    pruners do; Optuna's TPE still learns from pruned trials' intermediate values.
+
+    Tune restores this searcher from its last snapshot of the experiment, but Optuna's storage
+    is written at once: a driver killed between the two leaves Optuna trials asked after the
+    snapshot (RUNNING, unknown to Tune) and trials told after it (finished, still running for
+    Tune). The first are taken over by the next new trials, which keep their parameters; the
+    second get no more reports (Optuna refuses a second tell by itself). So the Optuna study
+    ends with one trial per Tune trial.
+    """
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if trial_id not in self._ot_trials and (orphan := self._orphan()) is not None:
+            self._ot_trials[trial_id] = orphan
+        return super().suggest(trial_id)
+
+    def _orphan(self):
+        import optuna
+
+        known = {t.number for t in self._ot_trials.values()}
+        for frozen in self._ot_study.get_trials(deepcopy=False,
+                                                states=(optuna.trial.TrialState.RUNNING,)):
+            if frozen.number not in known:
+                return optuna.Trial(self._ot_study, frozen._trial_id)
+        return None
+
+    def _frozen(self, trial_id: str):
+        """The trial as Optuna's storage has it now (it may be ahead of this searcher)."""
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None:
+            return None
+        return self._ot_study.get_trials(deepcopy=False)[ot_trial.number]
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        # Optuna keeps no intermediate values for several objectives: a stopped trial of a
+        # multi-objective study enters it as PRUNED alone
+        if isinstance(self.metric, list) or result.get("final") or "step" not in result or (
+                self.metric not in result):
+            return
+        frozen = self._frozen(trial_id)
+        if frozen is not None and not frozen.state.is_finished() and (
+                int(result["step"]) not in frozen.intermediate_values):
+            self._ot_trials[trial_id].report(float(result[self.metric]), int(result["step"]))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        if result is not None and not result.get("final"):
+            # The result a scheduler stopped the trial on reaches only this method.
+            self.on_trial_result(trial_id, result)
+            result = None  # OptunaSearch then tells PRUNED (or FAIL if the trial raised)
+        elif result is not None and result.get("status") == "diverged" and isinstance(
+                self.metric, list):
+            # the worst of every objective, as the one metric's worst is told otherwise
+            result = {**result, **{m: worst_value(way)
+                                   for m, way in zip(self.metric, self.mode, strict=True)}}
+        super().on_trial_complete(trial_id, result, error)
+
+
+RUNGS_FILE = "asha_rungs.jsonl"
+
+
+class StudyASHA(ASHAScheduler):
+    """ASHA on the eval_n metric at equal progress (the budget's unit), with two exceptions, and
+    rungs that outlive the driver.
+
+    The baseline always runs to the end: the study must report it, and its rung results still
+    set the bar for the others. A trial that has reached the full budget is not stopped on its
+    last evaluation (Ray's ASHA stops at max_t): its final re-score is about to follow, and is
+    its result.
+
+    Ray keeps a scheduler's state only in memory: a resumed study would judge its remaining
+    trials against empty rungs, an extended one its new trials against each other only. So
+    every result the rungs see is appended to `rungs_file`, and replayed into them whenever the
+    scheduler is made or unpickled (by Tuner.restore).
+    """
+
+    def __init__(self, baseline: dict[str, Any], rungs_file: Path, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.baseline, self.rungs_file = baseline, rungs_file
+        self._replay()
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._replay()
+
+    def _replay(self) -> None:
+        if not self.rungs_file.exists():
+            return
+        for line in self.rungs_file.read_text().splitlines():
+            if line.strip():
+                seen = json.loads(line)
+                self._brackets[0].on_result(SimpleNamespace(trial_id=seen["trial_id"]),
+                                            seen["step"], self._metric_op * seen["value"])
+
+    def _record(self, trial, result: dict) -> None:
+        if self._time_attr in result and self._metric in result:
+            with open(self.rungs_file, "a") as f:
+                f.write(json.dumps({"trial_id": trial.trial_id, "step": result[self._time_attr],
+                                    "value": result[self._metric]}) + "\n")
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        self._record(trial, result)
+        if (is_baseline(trial.config, self.baseline)
+                or result.get(self._time_attr, 0) >= self._max_t):
+            return self.CONTINUE
+        return decision
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        super().on_trial_complete(tune_controller, trial, result)
+        self._record(trial, result)
+
+
+class StudyPBT(PopulationBasedTraining):
+    """PBT that never replaces the baseline member's weights or settings: it stays the study's
+    reference, while still serving as a donor when it is in the upper quantile.
+
+    Ray keeps PBT's per-member schedule only in memory: after Tuner.restore every member would
+    count from step 0 and be checked at its first evaluation, off the schedule. A restored
+    member (it brings its last result) counts from its last perturbation step instead, the step
+    of the checkpoint it continues from."""
+
+    def __init__(self, baseline: dict[str, Any], **kwargs: Any):
+        super().__init__(**kwargs)
+        self.baseline = baseline
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        super().on_trial_add(tune_controller, trial)
+        step = trial.last_result.get(self._time_attr, 0)
+        interval = self._perturbation_interval
+        self._trial_state[trial].last_perturbation_time = step // interval * interval
+
+    def _checkpoint_or_exploit(self, trial, tune_controller, upper_quantile, lower_quantile):
+        lower = [t for t in lower_quantile if not is_baseline(t.config, self.baseline)]
+        super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile, lower)
