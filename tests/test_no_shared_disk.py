@@ -20,6 +20,7 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
+from gan.checkpoint import load_checkpoint
 from study.tracking import fluent_tracking_uri
 from tests.test_resume import (
     EVAL_STEPS,
@@ -145,7 +146,7 @@ def test_asha_study_on_two_nodes_with_s3_and_no_shared_disk(tmp_path, s3):
     assert len(confirmed) == 2 and (confirmed["status"] == "completed").all()
     # The product came from the final trial's checkpoint in the bucket, and MLflow's copy of
     # each completed trial's generator loads from the bucket and samples.
-    assert torch.load(study / "best_generator.pt", weights_only=False)["step"] > 0
+    assert load_checkpoint(study / "best_generator.pt", full=False)["step"] > 0
     client = MlflowClient(f"sqlite:///{study.parent / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name(name).experiment_id],
                               "tags.`ganstudy.role` = 'trial'")
