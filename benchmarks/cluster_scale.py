@@ -30,6 +30,7 @@ import statistics
 import tempfile
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +200,7 @@ def run_scale(trials: int, store: str, args: argparse.Namespace, root: Path,
     uri = default_tracking_uri(study_dir)
     try:
         with (mlflow_server(uri, root / f"{name}-artifacts", root / f"{name}-server.log")
-              if store == "server" else _same(uri)) as tracking:
+              if store == "server" else nullcontext(uri)) as tracking:
             place = Placement(study_dir, tracking, str(study_dir / "ray"), address,
                               str(root / "scratch"))
             t0 = time.perf_counter()
@@ -226,19 +227,6 @@ def run_scale(trials: int, store: str, args: argparse.Namespace, root: Path,
             "write_p99_ms": writes["p99_ms"], "write_lag_p99_ms": lags["p99_ms"],
             "writes_total_s": sum(probe.writes), "peak_rss_mb": probe.peak_rss_mb,
             "study_s": study_s, "report_s": report_s}
-
-
-class _same:
-    """A context that yields the tracking URI as it is (no server)."""
-
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
-
-    def __enter__(self) -> str:
-        return self.uri
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 ON_RESULT = study.callbacks.MlflowCallback.on_trial_result
