@@ -142,8 +142,11 @@ def test_asha_study_on_two_nodes_with_s3_and_no_shared_disk(tmp_path, s3):
     summary = pd.read_csv(study / "summary.csv", keep_default_na=False)
     assert len(summary) == 4 and set(summary["status"]) <= {"completed", "pruned"}
     assert summary["node_id"].nunique() == 2
+    # The baseline is confirmed, and the search's best other trial where one outlived ASHA.
+    survivors = int(((summary["status"] == "completed") & ~summary["baseline"]).any())
     confirmed = pd.read_csv(study / "confirmation.csv")
-    assert len(confirmed) == 2 and (confirmed["status"] == "completed").all()
+    assert sorted(set(confirmed["label"])) == ["baseline"] + ["top-1"] * survivors
+    assert len(confirmed) == 2 * (1 + survivors) and (confirmed["status"] == "completed").all()
     # The product came from the final trial's checkpoint in the bucket, and MLflow's copy of
     # each completed trial's generator loads from the bucket and samples.
     assert load_checkpoint(study / "best_generator.pt", full=False)["step"] > 0
