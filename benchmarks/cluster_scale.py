@@ -14,9 +14,12 @@ trained one. Each trial asks for gpu 1/8 (a GPU farm packs small GANs), so --con
 run at once; the offered load is concurrent / interval results per second.
 
 Printed per scale and MLflow store: results per second the driver absorbed (from its first
-result to its last), the time Tune's loop spent in the tracking callback per result (p50/p99)
-and in the searcher's calls to Optuna's storage, the MLflow writes (each write's own time, and
-how long after its event it was done), the driver's peak memory, and the report's build time.
+result to its last), how long a result took from the trial's tune.report to the driver's
+callback (p50/p99: a driver that keeps up delivers at once), the driver's CPU time per result
+and its share of the wall time, the time Tune's loop spent in the tracking callback per result
+(p50/p99) and in the searcher's calls to Optuna's storage, the MLflow writes (each write's own
+time, and how long after its event it was done), the driver's peak memory, and the report's
+build time.
 Targets: >= 50 results/s absorbed, p99 hold <= 50 ms, report for 1000 trials <= 5 min, driver
 memory flat in the number of trials.
 """
@@ -125,6 +128,7 @@ class Probe:
 
     def __init__(self) -> None:
         self.results: list[float] = []  # when each result reached the tracking callback
+        self.delivery: list[float] = []  # from the trial's tune.report to the callback, each
         self.held: list[float] = []
         self.snapshots: list[float] = []
         self.writes: list[float] = []
@@ -137,9 +141,11 @@ class Probe:
         on_result, on_end = callback.on_trial_result, callback.on_experiment_end
         probe = self
 
-        def counted(self, *args: Any, **kwargs: Any) -> None:
+        def counted(self, iteration: int, trials: list, trial, result: dict,
+                    **info: Any) -> None:
             probe.results.append(time.perf_counter())
-            on_result(self, *args, **kwargs)
+            probe.delivery.append(time.time() - result["reported_at"])
+            on_result(self, iteration, trials, trial, result, **info)
 
         def ended(self, trials: list, **info: Any) -> None:
             writer = self._writer
@@ -181,6 +187,13 @@ def best_checkpoint(spec_data: dict[str, Any]) -> bytes:
         return path.read_bytes()
 
 
+def driver_cpu_s() -> float:
+    """CPU seconds of this process so far (Tune's loop, the writer, Optuna): with a core of
+    its own, the driver could absorb about results / CPU seconds per second."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_scale(trials: int, store: str, args: argparse.Namespace, root: Path,
               address: str) -> dict[str, float]:
     name = f"scale-{trials}-{store}"
@@ -203,9 +216,9 @@ def run_scale(trials: int, store: str, args: argparse.Namespace, root: Path,
               if store == "server" else nullcontext(uri)) as tracking:
             place = Placement(study_dir, tracking, str(study_dir / "ray"), address,
                               str(root / "scratch"))
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), driver_cpu_s()
             out = run_study(spec, place, yaml.safe_dump(spec_data), "benchmark")
-            study_s = time.perf_counter() - t0
+            study_s, study_cpu_s = time.perf_counter() - t0, driver_cpu_s() - cpu0
             t0 = time.perf_counter()
             build_report([name], tracking, root / "reports")
             report_s = time.perf_counter() - t0
@@ -218,14 +231,19 @@ def run_scale(trials: int, store: str, args: argparse.Namespace, root: Path,
     span = probe.results[-1] - probe.results[0] if len(probe.results) > 1 else float("nan")
     held, optuna = percentiles_ms(probe.held), percentiles_ms(probe.optuna)
     writes, lags = percentiles_ms(probe.writes), percentiles_ms(probe.lags)
+    delivery = percentiles_ms(probe.delivery)
     return {"trials": trials, "completed": int((out["rows"]["status"] == "completed").sum()),
             "results": len(probe.results), "results_per_s": len(probe.results) / span,
             "offered_per_s": args.concurrent / args.interval,
+            "delivery_p50_ms": delivery["p50_ms"], "delivery_p99_ms": delivery["p99_ms"],
+            "driver_cpu_ms_per_result": 1000 * study_cpu_s / max(1, len(probe.results)),
+            "driver_cpu_share": study_cpu_s / study_s,
             "hold_p50_ms": held["p50_ms"], "hold_p99_ms": held["p99_ms"],
             "snapshot_wait_s": sum(probe.snapshots), "optuna_p50_ms": optuna["p50_ms"],
             "optuna_p99_ms": optuna["p99_ms"], "write_p50_ms": writes["p50_ms"],
             "write_p99_ms": writes["p99_ms"], "write_lag_p99_ms": lags["p99_ms"],
-            "writes_total_s": sum(probe.writes), "peak_rss_mb": probe.peak_rss_mb,
+            "writes_total_s": sum(probe.writes), "optuna_total_s": sum(probe.optuna),
+            "peak_rss_mb": probe.peak_rss_mb,
             "study_s": study_s, "report_s": report_s}
 
 
@@ -267,7 +285,8 @@ def main() -> None:
           f"results/s), {args.reports} evaluations per full trial, {args.checkpoint_mb} MB "
           f"checkpoints; driver max RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
-    header = ("mlflow", "trials", "results_per_s", "hold_p50_ms", "hold_p99_ms",
+    header = ("mlflow", "trials", "results_per_s", "delivery_p50_ms", "delivery_p99_ms",
+              "driver_cpu_ms_per_result", "driver_cpu_share", "hold_p50_ms", "hold_p99_ms",
               "optuna_p50_ms", "optuna_p99_ms", "write_p50_ms", "write_p99_ms",
               "write_lag_p99_ms", "snapshot_wait_s", "peak_rss_mb", "study_s", "report_s")
     print(" | ".join(header))

@@ -2,9 +2,12 @@
 
 Tune calls these in its own event loop, so each one only takes note of the event and hands the
 writes to a writer thread (study.writer): the time an event holds the loop is measured and
-reported at the experiment's end. Tune's snapshot of the experiment waits for the writes handed
-in before it: a driver killed after a snapshot left MLflow with everything that snapshot holds,
-and what came after it Tune runs again on resume.
+reported at the experiment's end. Tune's snapshot of the experiment waits for the writes that a
+resume from it could not make again: a driver killed after a snapshot left MLflow with every
+trial that snapshot holds as ended, and what came after it Tune runs again on resume. A trial
+still running in the snapshot is restarted from its checkpoint and reports its evaluations up
+to it again (study.trainable), so its start and results need not be waited for, except where
+it does not replay them (a PBT member, which continues from the checkpoint Tune names).
 
 Nothing here may stop the study: an exception in a write is reported on stderr and kept on the
 trial's run where MLflow still answers; the trial itself goes on.
@@ -44,15 +47,17 @@ def timed(event: Callable) -> Callable:
 class MlflowCallback(tune.Callback):
     """Tune's events, in the driver, as MLflow writes through a StudyTracker."""
 
-    def __init__(self, tracker: StudyTracker, phase: str):
+    def __init__(self, tracker: StudyTracker, phase: str, replayed: bool = True):
         self.tracker, self.phase = tracker, phase
+        self.replayed = replayed  # whether a restored trial reports its evaluations again
         self.last: dict[str, dict] = {}
         self.held_s: dict[str, list[float]] = {}  # event name -> its hold on Tune's loop, each
         self._writer: Writer | None = None
+        self._kept = 0  # the writer's ticket a snapshot waits for
 
     # Tune pickles its callbacks with the experiment: the thread stays behind.
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_writer": None}
+        return {**self.__dict__, "_writer": None, "_kept": 0}
 
     @property
     def writer(self) -> Writer:
@@ -67,8 +72,12 @@ class MlflowCallback(tune.Callback):
              "the study goes on")
         self.tracker.note_failure(trial_id, reason)
 
-    def _write(self, trial_id: str, event: str, job: Callable[..., Any], *args: Any) -> None:
-        self.writer.submit(f"{trial_id} {event}", job, *args)
+    def _write(self, trial_id: str, event: str, job: Callable[..., Any], *args: Any,
+               replayed: bool = False) -> None:
+        """Hand a write to the writer; `replayed`: a resume makes it again if it is lost."""
+        ticket = self.writer.submit(f"{trial_id} {event}", job, *args)
+        if not (replayed and self.replayed):
+            self._kept = ticket
 
     def flush(self) -> None:
         """Wait for every write handed in so far."""
@@ -78,7 +87,7 @@ class MlflowCallback(tune.Callback):
     @timed
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self._write(trial.trial_id, "on_trial_start", self.tracker.start_trial, trial.trial_id,
-                    trial.config, self.phase)
+                    trial.config, self.phase, replayed=True)
 
     @timed
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict,
@@ -88,7 +97,7 @@ class MlflowCallback(tune.Callback):
         grid = result.pop(SAMPLE_GRID, None)
         self.last[trial.trial_id] = result
         self._write(trial.trial_id, "on_trial_result", self.tracker.log_result, trial.trial_id,
-                    dict(result), grid)
+                    dict(result), grid, replayed=True)
 
     @timed
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
@@ -120,10 +129,11 @@ class MlflowCallback(tune.Callback):
         self.tracker.end_trial(trial_id, "failed", error_reason(text))
 
     def get_state(self) -> None:
-        """Called as Tune snapshots the experiment: the snapshot waits for the writes handed in
-        before it (see the module's docstring). Nothing else to keep."""
+        """Called as Tune snapshots the experiment: the snapshot waits for the writes a resume
+        from it could not make again (see the module's docstring). Nothing else to keep."""
         t0 = time.perf_counter()
-        self.flush()
+        if self._writer is not None:
+            self._writer.wait_for(self._kept)
         self.held_s.setdefault("snapshot", []).append(time.perf_counter() - t0)
         return None
 

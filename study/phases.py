@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from study.interrupts import Interrupts
-from study.space import hyperparameters, tune_param_space
+from study.space import FINAL_PHASE, hyperparameters, pbt_member, tune_param_space
 from study.spec import PROGRESS, Asha, Pbt, StudySpec
 from study.state import Experiment, Placement, StudyState
 
@@ -196,20 +196,25 @@ class Phases:
         spec = self.spec
         experiment = self.state.add(phase, trials)
         # PBT clones other trials' checkpoints, perhaps long after they were made: it keeps them
-        # all (reported at perturbation steps only); otherwise the latest, which holds the
-        # trial's best.pt too.
-        keep = None if isinstance(spec.scheduler, Pbt) else 1
+        # all (reported at perturbation steps only); otherwise the latest two (the latest holds
+        # the trial's best.pt). Tune snapshots the experiment whenever a trial has made
+        # num_to_keep checkpoints since the last snapshot: with 1, after nearly every result.
+        keep = None if isinstance(spec.scheduler, Pbt) else 2
         tuner = tune.Tuner(
             self.trainable(phase), param_space=param_space,
             tune_config=tune.TuneConfig(
                 search_alg=search_alg, scheduler=scheduler, num_samples=trials,
                 # a Searcher is limited here; BasicVariantGenerator by its own max_concurrent
                 max_concurrent_trials=None if isinstance(search_alg, BasicVariantGenerator)
-                else spec.max_concurrent, time_budget_s=time_budget_s),
+                else spec.max_concurrent, time_budget_s=time_budget_s,
+                # a new trial takes over a finished one's worker process (same resources):
+                # no process start and no imports of torch per trial
+                reuse_actors=True),
             run_config=tune.RunConfig(
                 name=experiment.name, storage_path=self.place.storage,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
-                callbacks=[MlflowCallback(self.tracker, phase)],
+                callbacks=[MlflowCallback(self.tracker, phase, replayed=not pbt_member(
+                    spec, phase == FINAL_PHASE))],
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 verbose=1),
         )

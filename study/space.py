@@ -13,7 +13,7 @@ import optuna
 from gan.config import TrainConfig
 from gan.errors import ConfigError
 from study.runnable import active
-from study.spec import CategoricalParam, FloatParam, IntParam, StudySpec
+from study.spec import CategoricalParam, FloatParam, IntParam, Pbt, StudySpec
 
 # The baseline where a spec names no file: the seed tutorials' reference configuration
 # (Radford et al. 2015; pytorch/examples).
@@ -54,6 +54,13 @@ FINAL_PHASE = "final"
 def is_final(config: dict[str, Any]) -> bool:
     """Whether a Tune config is the final run's: trained to final.steps, not budget.steps."""
     return config.get("phase") == FINAL_PHASE
+
+
+def pbt_member(spec: StudySpec, final: bool) -> bool:
+    """Whether a trial belongs to PBT's population: restored, it continues from the checkpoint
+    Tune names (perhaps a donor's) and does not report its own evaluations again. The final run
+    is one trial, trained as any other."""
+    return isinstance(spec.scheduler, Pbt) and not final
 
 
 def hyperparameters(config: dict[str, Any]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from gan.fileio import read_jsonl
 from gan.models import build_generator
 from gan.train import OPTIMIZER_FIELDS, TrainResult, grid_path, train
 from study.reported import PERTURBATIONS, PROGRESS, QUALITY, SAMPLE_GRID, worst_value
-from study.space import hyperparameters, is_final
+from study.space import hyperparameters, is_final, pbt_member
 from study.spec import Pbt, StudySpec, trial_values
 
 CHECKPOINT_FILES = ("checkpoint.pt", BEST_FILE)
@@ -67,7 +67,7 @@ def run_trial(config: dict[str, Any], spec: StudySpec, trials_dir: str,
                                       final=is_final(config)),
                        "device": trial_device()}, "trial config")
     # The final run is one trial, trained as any other; PBT's cloning has no part in it.
-    pbt = isinstance(spec.scheduler, Pbt) and not is_final(config)
+    pbt = pbt_member(spec, is_final(config))
     reports = TrialReports(spec, cfg, Path(trials_dir), pbt)
     start = restore_checkpoint(tune.get_checkpoint(), cfg, reports.run_dir, pbt)
     try:

@@ -54,7 +54,8 @@ class FinalResultSearch(OptunaSearch):
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is None:
             return None
-        return self._ot_study.get_trials(deepcopy=False)[ot_trial.number]
+        # one trial's row, not the study's: this runs for every result in Tune's loop
+        return self._ot_study._storage.get_trial(ot_trial._trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         # Optuna keeps no intermediate values for several objectives: a stopped trial of a

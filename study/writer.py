@@ -29,22 +29,32 @@ def percentiles_ms(seconds: list[float]) -> dict[str, float]:
 
 class Writer:
     """A thread that runs the jobs handed to it one at a time, first in first out. A job that
-    raises is passed to `on_error` with its label, and the next job runs."""
+    raises is passed to `on_error` with its label, and the next job runs. Each job gets a
+    ticket (1, 2, ...): `wait_for(ticket)` returns once it and every job before it has run."""
 
     def __init__(self, on_error: Callable[[str, Exception], None]):
         self._jobs: queue.Queue = queue.Queue()
         self._on_error = on_error
+        self._submitted = self._done = 0
+        self._progress = threading.Condition()
         self.latency_s: list[float] = []  # per job: from its submission to its end
         self.busy_s: list[float] = []  # per job: its own run, without the wait in the queue
         self._thread = threading.Thread(target=self._work, name="mlflow-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, label: str, job: Callable[..., Any], *args: Any) -> None:
-        self._jobs.put((time.perf_counter(), label, job, args))
+    def submit(self, label: str, job: Callable[..., Any], *args: Any) -> int:
+        with self._progress:
+            self._submitted += 1
+            self._jobs.put((time.perf_counter(), label, job, args))
+            return self._submitted
+
+    def wait_for(self, ticket: int) -> None:
+        with self._progress:
+            self._progress.wait_for(lambda: self._done >= ticket)
 
     def flush(self) -> None:
         """Wait until every job handed in so far has run."""
-        self._jobs.join()
+        self.wait_for(self._submitted)
 
     def close(self) -> None:
         self.flush()
@@ -64,5 +74,6 @@ class Writer:
                 ended = time.perf_counter()
                 self.latency_s.append(ended - submitted)
                 self.busy_s.append(ended - began)
-                self._jobs.task_done()
-        self._jobs.task_done()
+                with self._progress:
+                    self._done += 1
+                    self._progress.notify_all()

@@ -238,10 +238,13 @@ def test_the_parent_run_tells_the_outcome_to_a_reviewer_in_mlflow(tracked, smoke
             assert name.endswith(f"fid {run.data.metrics['final_fid']:.4g}")
 
 
-def test_writes_leave_tunes_loop_and_a_snapshot_waits_for_them(tmp_path, capsys):
-    """The callback returns while its write still waits on the store; Tune's snapshot of the
-    experiment (get_state) returns only once the write is in MLflow; the experiment's end says
-    how long the loop was held and logs it on the parent run."""
+def test_writes_leave_tunes_loop_and_a_snapshot_waits_for_what_a_resume_cannot_replay(
+        tmp_path, capsys):
+    """The callback returns while its write still waits on the store. Tune's snapshot of the
+    experiment (get_state) does not wait for a running trial's result (a resume restarts the
+    trial, which reports it again) but waits for a trial's end, and under PBT, whose members
+    do not replay, for every result. The experiment's end says how long the loop was held and
+    logs it on the parent run."""
     import threading
     from types import SimpleNamespace
 
@@ -253,28 +256,48 @@ def test_writes_leave_tunes_loop_and_a_snapshot_waits_for_them(tmp_path, capsys)
     (study / "spec.yaml").write_text((ROOT / "search_spaces" / "smoke.yaml").read_text())
     tracker = StudyTracker(spec, study, f"sqlite:///{tmp_path / 'mlflow.db'}",
                            baseline_params(spec))
-    callback = MlflowCallback(tracker, "search")
+    callback, pbt = MlflowCallback(tracker, "search"), MlflowCallback(tracker, "search", False)
     trial = SimpleNamespace(trial_id="t1", config={"lr_g": 1e-3}, error_file=None)
+    member = SimpleNamespace(trial_id="t2", config={"lr_g": 2e-3}, error_file=None)
     callback.on_trial_start(0, [], trial)
+    pbt.on_trial_start(0, [], member)
     callback.flush()
+    pbt.flush()
     rid = tracker.children["t1"]
 
-    store_free, logging = threading.Event(), tracker.log_result
+    store_free, logging, ending = threading.Event(), tracker.log_result, tracker.end_trial
 
     def slow_store(*args):  # the store answers only when the test lets it
-        assert store_free.wait(10), "the callback waited for its write"
+        assert store_free.wait(10), "the test never freed the store"
         logging(*args)
 
-    tracker.log_result = slow_store
+    def slow_end(*args):
+        assert store_free.wait(10), "the test never freed the store"
+        ending(*args)
+
+    def snapshot_waits(cb: MlflowCallback) -> bool:
+        snapshot = threading.Thread(target=cb.get_state)
+        snapshot.start()
+        snapshot.join(1.5)
+        return snapshot.is_alive()
+
+    tracker.log_result, tracker.end_trial = slow_store, slow_end
     callback.on_trial_result(0, [], trial, {"step": 10, "loss_g": 1.5})
     assert tracker.client.get_metric_history(rid, "loss_g") == []  # returned before the write
+    assert not snapshot_waits(callback)  # the result comes again after a resume
+    pbt.on_trial_result(0, [], member, {"step": 10, "loss_g": 1.5})
+    assert snapshot_waits(pbt)  # a PBT member's does not
+    callback.on_trial_complete(0, [], trial)
+    assert snapshot_waits(callback)  # nor does a trial's end
     store_free.set()
-    assert callback.get_state() is None  # Tune's snapshot
+    callback.get_state()
     assert [m.value for m in tracker.client.get_metric_history(rid, "loss_g")] == [1.5]
+    assert tracker.client.get_run(rid).data.tags["status"] == "pruned"
 
-    callback.on_trial_result(0, [], trial, {"step": 20, "loss_g": 1.25})
-    callback.on_experiment_end([])
-    assert [m.step for m in tracker.client.get_metric_history(rid, "loss_g")] == [10, 20]
+    pbt.on_trial_result(0, [], member, {"step": 20, "loss_g": 1.25})
+    pbt.on_experiment_end([])
+    assert [m.step for m in tracker.client.get_metric_history(
+        tracker.children["t2"], "loss_g")] == [10, 20]
     assert "search: tracking held Tune's loop" in capsys.readouterr().err
     parent = tracker.client.get_run(tracker.parent_id).data.metrics
     assert parent["search_hold_p99_ms"] >= parent["search_hold_p50_ms"] > 0
