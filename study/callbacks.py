@@ -29,6 +29,7 @@ from gan.progress import note
 from study.reported import SAMPLE_GRID
 from study.tracking import StudyTracker
 from study.trainable import error_reason
+from study.tune_extensions import drop_from_checkpoint_results
 from study.writer import Writer, percentiles_ms
 
 
@@ -98,6 +99,11 @@ class MlflowCallback(tune.Callback):
         self.last[trial.trial_id] = result
         self._write(trial.trial_id, "on_trial_result", self.tracker.log_result, trial.trial_id,
                     dict(result), grid, replayed=True)
+
+    @timed
+    def on_trial_save(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        # the grid came back with the checkpoint too, and was logged with its result
+        drop_from_checkpoint_results(trial, SAMPLE_GRID)
 
     @timed
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:

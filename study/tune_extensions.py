@@ -1,5 +1,6 @@
 """Ray Tune's searcher and schedulers as the study extends them: the one module that touches
-their private state (OptunaSearch's Optuna trials, ASHA's brackets, PBT's per-member state).
+their private state (OptunaSearch's Optuna trials, ASHA's brackets, PBT's per-member state, the
+results Tune keeps beside a trial's checkpoints).
 Ray is capped in pyproject.toml at the versions tested, and tests/test_search_state.py fails
 where a release moves what is touched here."""
 
@@ -159,3 +160,16 @@ class StudyPBT(PopulationBasedTraining):
     def _checkpoint_or_exploit(self, trial, tune_controller, upper_quantile, lower_quantile):
         lower = [t for t in lower_quantile if not is_baseline(t.config, self.baseline)]
         super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile, lower)
+
+
+def drop_from_checkpoint_results(trial, key: str) -> None:
+    """Remove `key` from the results Tune keeps beside a trial's checkpoints.
+
+    With a function trainable, Tune registers each checkpoint with a copy of its result made in
+    the trial's process, which no callback sees: a sample grid's bytes stay there, in every
+    snapshot of the experiment, for every trial (120 kB each at 64 MNIST images)."""
+    manager = trial.run_metadata.checkpoint_manager
+    for kept in [manager.latest_checkpoint_result, *manager.best_checkpoint_results]:
+        if kept is not None and kept.metrics.pop(key, None) is not None:
+            trial.invalidate_json_state()
+            trial.run_metadata.invalidate_cache()

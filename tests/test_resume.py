@@ -58,24 +58,28 @@ def finish(proc: subprocess.Popen, code: int = 0) -> str:
     return err
 
 
-def trial_progress(trials: Path, evaluations: int) -> tuple[int, int]:
+def trial_progress(trials: Path, evaluations: int,
+                   snapshots: Path | None = None) -> tuple[int, int]:
     """(trials whose trainer finished, trials past `evaluations` evaluations and not finished),
-    from the trials' folders."""
+    from the trials' folders; with `snapshots` (a local experiment folder of Tune's), only
+    unfinished trials that Tune's latest snapshot of the experiment already names."""
+    states = sorted(snapshots.glob("experiment_state-*.json")) if snapshots else []
+    known = states[-1].read_text() if states else ""
     done = midway = 0
     for run in trials.glob("[!.]*"):
         if (run / "result.json").exists():
             done += 1
-        elif (run / "metrics.jsonl").exists():
+        elif (run / "metrics.jsonl").exists() and (snapshots is None or run.name in known):
             lines = (run / "metrics.jsonl").read_text().splitlines()
             midway += sum('"fid"' in line for line in lines) >= evaluations
     return done, midway
 
 
 def wait_for(proc: subprocess.Popen, trials: Path, done: int, midway: int,
-             evaluations: int = 2) -> None:
+             evaluations: int = 2, snapshots: Path | None = None) -> None:
     deadline = time.time() + 300
     while True:
-        now_done, now_midway = trial_progress(trials, evaluations)
+        now_done, now_midway = trial_progress(trials, evaluations, snapshots)
         if now_done >= done and now_midway >= midway:
             return
         assert proc.poll() is None, proc.communicate()
@@ -147,7 +151,9 @@ def test_sigkill_then_resume_finishes_every_trial_once(tmp_path):
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec(name, 6), sort_keys=False))
     study = tmp_path / "runs" / name
     proc = start([str(tmp_path / "spec.yaml"), "--out", str(study)])
-    wait_for(proc, study / "trials", done=2, midway=1)
+    # a trial Tune's snapshot names continues from its checkpoint; one it does not, Tune has
+    # no record of, and a new trial takes over its Optuna trial
+    wait_for(proc, study / "trials", done=2, midway=1, snapshots=study / "ray" / "search")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
 

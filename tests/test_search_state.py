@@ -12,9 +12,11 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
 from study.phases import build_scheduler, build_searcher
+from study.reported import SAMPLE_GRID
 from study.space import baseline_params
 from study.spec import Tpe, parse_spec
 from study.trainable import refill_deleted_checkpoints
+from study.tune_extensions import drop_from_checkpoint_results
 
 SPEC = parse_spec({
     "name": "state", "seed": 0,
@@ -159,3 +161,19 @@ def test_resume_rejects_what_would_change_or_shrink_the_study(tmp_path, capsys, 
     assert run_module.main([str(study), "--resume"]) == 2
     assert "study.json: not a study record" in capsys.readouterr().err
     assert sorted(study.rglob("*")) == before
+
+
+def test_a_sample_grid_leaves_what_tune_keeps_beside_a_checkpoint(tmp_path):
+    """Tune keeps each checkpoint's result, as the trial's process saw it, in every snapshot of
+    the experiment; the grid's bytes leave it, the metrics stay."""
+    from ray.train import Checkpoint
+    from ray.train._internal.session import _TrainingResult
+
+    kept = trial("t1", 1e-3)
+    kept.run_metadata.checkpoint_manager.register_checkpoint(_TrainingResult(
+        Checkpoint.from_directory(str(tmp_path)), {SAMPLE_GRID: b"\x89PNG" * 30_000, "fid": 2.5}))
+    assert len(kept.get_json_state()[1]) > 100_000  # hex-encoded in Tune's JSON
+    drop_from_checkpoint_results(kept, SAMPLE_GRID)
+    state = kept.get_json_state()[1]
+    assert len(state) < 20_000
+    assert kept.run_metadata.checkpoint_manager.latest_checkpoint_result.metrics == {"fid": 2.5}
