@@ -16,7 +16,8 @@ run at once; the offered load is concurrent / interval results per second.
 Printed per scale and MLflow store: results per second the driver absorbed (from its first
 result to its last), how long a result took from the trial's tune.report to the driver's
 callback (p50/p99: a driver that keeps up delivers at once), the driver's CPU time per result
-and its share of the wall time, the time Tune's loop spent in the tracking callback per result
+and its share of the wall time, the share of the wall time Tune's loop sat waiting for the
+trials' next results (idle), the time Tune's loop spent in the tracking callback per result
 (p50/p99) and in the searcher's calls to Optuna's storage, the MLflow writes (each write's own
 time, and how long after its event it was done), the driver's peak memory, and the report's
 build time.
@@ -134,6 +135,7 @@ class Probe:
         self.writes: list[float] = []
         self.lags: list[float] = []
         self.optuna: list[float] = []
+        self.idle_s = 0.0  # Tune's loop waiting in ray.wait for the trials' next results
         self.peak_rss_mb = 0.0
 
     def install(self) -> None:
@@ -157,8 +159,20 @@ class Probe:
                 probe.lags += writer.latency_s
 
         callback.on_trial_result, callback.on_experiment_end = counted, ended
+        ray.wait = self._idle(RAY_WAIT)
         for name in ("suggest", "on_trial_result", "on_trial_complete"):
             setattr(searcher, name, self._timed(getattr(searcher, name)))
+
+    def _idle(self, wait):
+        def call(*args: Any, **kwargs: Any):
+            if threading.current_thread() is not threading.main_thread():
+                return wait(*args, **kwargs)
+            t0 = time.perf_counter()
+            try:
+                return wait(*args, **kwargs)
+            finally:
+                self.idle_s += time.perf_counter() - t0
+        return call
 
     def _timed(self, method):
         def call(searcher, *args: Any, **kwargs: Any):
@@ -226,6 +240,7 @@ def run_scale(trials: int, store: str, args: argparse.Namespace, root: Path,
         stop.set()
         study.callbacks.MlflowCallback.on_trial_result = ON_RESULT
         study.callbacks.MlflowCallback.on_experiment_end = ON_END
+        ray.wait = RAY_WAIT
         for key, method in SEARCHER.items():
             setattr(study.tune_extensions.FinalResultSearch, key, method)
     span = probe.results[-1] - probe.results[0] if len(probe.results) > 1 else float("nan")
@@ -237,7 +252,7 @@ def run_scale(trials: int, store: str, args: argparse.Namespace, root: Path,
             "offered_per_s": args.concurrent / args.interval,
             "delivery_p50_ms": delivery["p50_ms"], "delivery_p99_ms": delivery["p99_ms"],
             "driver_cpu_ms_per_result": 1000 * study_cpu_s / max(1, len(probe.results)),
-            "driver_cpu_share": study_cpu_s / study_s,
+            "driver_cpu_share": study_cpu_s / study_s, "loop_idle_share": probe.idle_s / study_s,
             "hold_p50_ms": held["p50_ms"], "hold_p99_ms": held["p99_ms"],
             "snapshot_wait_s": sum(probe.snapshots), "optuna_p50_ms": optuna["p50_ms"],
             "optuna_p99_ms": optuna["p99_ms"], "write_p50_ms": writes["p50_ms"],
@@ -249,6 +264,7 @@ def run_scale(trials: int, store: str, args: argparse.Namespace, root: Path,
 
 ON_RESULT = study.callbacks.MlflowCallback.on_trial_result
 ON_END = study.callbacks.MlflowCallback.on_experiment_end
+RAY_WAIT = ray.wait
 SEARCHER = {k: getattr(study.tune_extensions.FinalResultSearch, k)
             for k in ("suggest", "on_trial_result", "on_trial_complete")}
 
@@ -286,7 +302,8 @@ def main() -> None:
           f"checkpoints; driver max RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     header = ("mlflow", "trials", "results_per_s", "delivery_p50_ms", "delivery_p99_ms",
-              "driver_cpu_ms_per_result", "driver_cpu_share", "hold_p50_ms", "hold_p99_ms",
+              "driver_cpu_ms_per_result", "driver_cpu_share", "loop_idle_share",
+              "hold_p50_ms", "hold_p99_ms",
               "optuna_p50_ms", "optuna_p99_ms", "write_p50_ms", "write_p99_ms",
               "write_lag_p99_ms", "snapshot_wait_s", "peak_rss_mb", "study_s", "report_s")
     print(" | ".join(header))
