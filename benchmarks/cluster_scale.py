@@ -16,11 +16,11 @@ run at once; the offered load is concurrent / interval results per second.
 Printed per scale and MLflow store: results per second the driver absorbed (from its first
 result to its last), how long a result took from the trial's tune.report to the driver's
 callback (p50/p99: a driver that keeps up delivers at once), the driver's CPU time per result
-and its share of the wall time, the share of the wall time Tune's loop sat waiting for the
-trials' next results (idle), the time Tune's loop spent in the tracking callback per result
-(p50/p99) and in the searcher's calls to Optuna's storage, the MLflow writes (each write's own
-time, and how long after its event it was done), the driver's peak memory, and the report's
-build time.
+(and of it, the MLflow writes' and Optuna's) and its share of the wall time, the share of the
+wall time Tune's loop sat waiting for the trials' next results (idle), the time Tune's loop
+spent in the tracking callback per result (p50/p99) and in the searcher's calls to Optuna's
+storage, the MLflow writes (each write's own time, and how long after its event it was done),
+the driver's peak memory, and the report's build time.
 Targets: >= 50 results/s absorbed, p99 hold <= 50 ms, report for 1000 trials <= 5 min, driver
 memory flat in the number of trials.
 """
@@ -47,6 +47,7 @@ from ray.cluster_utils import Cluster
 import study.callbacks
 import study.trainable
 import study.tune_extensions
+import study.writer
 from gan.checkpoint import save_checkpoint
 from gan.config import make_config
 from gan.models import build_generator
@@ -136,6 +137,7 @@ class Probe:
         self.lags: list[float] = []
         self.optuna: list[float] = []
         self.idle_s = 0.0  # Tune's loop waiting in ray.wait for the trials' next results
+        self.writer_cpu_s = self.optuna_cpu_s = 0.0  # CPU time of the writes, of Optuna's calls
         self.peak_rss_mb = 0.0
 
     def install(self) -> None:
@@ -160,6 +162,17 @@ class Probe:
 
         callback.on_trial_result, callback.on_experiment_end = counted, ended
         ray.wait = self._idle(RAY_WAIT)
+
+        def submit(writer, label: str, job, *args: Any) -> int:
+            def cpu_timed(*job_args: Any) -> None:
+                t0 = time.thread_time()
+                try:
+                    job(*job_args)
+                finally:
+                    probe.writer_cpu_s += time.thread_time() - t0
+            return SUBMIT(writer, label, cpu_timed, *args)
+
+        study.writer.Writer.submit = submit
         for name in ("suggest", "on_trial_result", "on_trial_complete"):
             setattr(searcher, name, self._timed(getattr(searcher, name)))
 
@@ -176,11 +189,12 @@ class Probe:
 
     def _timed(self, method):
         def call(searcher, *args: Any, **kwargs: Any):
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.thread_time()
             try:
                 return method(searcher, *args, **kwargs)
             finally:
                 self.optuna.append(time.perf_counter() - t0)
+                self.optuna_cpu_s += time.thread_time() - cpu0
         return call
 
     def watch_memory(self, stop: threading.Event) -> None:
@@ -241,6 +255,7 @@ def run_scale(trials: int, store: str, args: argparse.Namespace, root: Path,
         study.callbacks.MlflowCallback.on_trial_result = ON_RESULT
         study.callbacks.MlflowCallback.on_experiment_end = ON_END
         ray.wait = RAY_WAIT
+        study.writer.Writer.submit = SUBMIT
         for key, method in SEARCHER.items():
             setattr(study.tune_extensions.FinalResultSearch, key, method)
     span = probe.results[-1] - probe.results[0] if len(probe.results) > 1 else float("nan")
@@ -252,6 +267,8 @@ def run_scale(trials: int, store: str, args: argparse.Namespace, root: Path,
             "offered_per_s": args.concurrent / args.interval,
             "delivery_p50_ms": delivery["p50_ms"], "delivery_p99_ms": delivery["p99_ms"],
             "driver_cpu_ms_per_result": 1000 * study_cpu_s / max(1, len(probe.results)),
+            "writer_cpu_ms_per_result": 1000 * probe.writer_cpu_s / max(1, len(probe.results)),
+            "optuna_cpu_ms_per_result": 1000 * probe.optuna_cpu_s / max(1, len(probe.results)),
             "driver_cpu_share": study_cpu_s / study_s, "loop_idle_share": probe.idle_s / study_s,
             "hold_p50_ms": held["p50_ms"], "hold_p99_ms": held["p99_ms"],
             "snapshot_wait_s": sum(probe.snapshots), "optuna_p50_ms": optuna["p50_ms"],
@@ -265,6 +282,7 @@ def run_scale(trials: int, store: str, args: argparse.Namespace, root: Path,
 ON_RESULT = study.callbacks.MlflowCallback.on_trial_result
 ON_END = study.callbacks.MlflowCallback.on_experiment_end
 RAY_WAIT = ray.wait
+SUBMIT = study.writer.Writer.submit
 SEARCHER = {k: getattr(study.tune_extensions.FinalResultSearch, k)
             for k in ("suggest", "on_trial_result", "on_trial_complete")}
 
@@ -302,7 +320,8 @@ def main() -> None:
           f"checkpoints; driver max RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     header = ("mlflow", "trials", "results_per_s", "delivery_p50_ms", "delivery_p99_ms",
-              "driver_cpu_ms_per_result", "driver_cpu_share", "loop_idle_share",
+              "driver_cpu_ms_per_result", "writer_cpu_ms_per_result",
+              "optuna_cpu_ms_per_result", "driver_cpu_share", "loop_idle_share",
               "hold_p50_ms", "hold_p99_ms",
               "optuna_p50_ms", "optuna_p99_ms", "write_p50_ms", "write_p99_ms",
               "write_lag_p99_ms", "snapshot_wait_s", "peak_rss_mb", "study_s", "report_s")

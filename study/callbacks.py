@@ -7,7 +7,9 @@ resume from it could not make again: a driver killed after a snapshot left MLflo
 trial that snapshot holds as ended, and what came after it Tune runs again on resume. A trial
 still running in the snapshot is restarted from its checkpoint and reports its evaluations up
 to it again (study.trainable), so its start and results need not be waited for, except where
-it does not replay them (a PBT member, which continues from the checkpoint Tune names).
+it does not replay them (a PBT member, which continues from the checkpoint Tune names). Nor is
+a completed trial's generator export, the slowest write: the end of the phase exports what a
+killed driver left out, from the same checkpoint (log_generators).
 
 Nothing here may stop the study: an exception in a write is reported on stderr and kept on the
 trial's run where MLflow still answers; the trial itself goes on.
@@ -18,7 +20,6 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,29 @@ from ray import tune
 from gan.checkpoint import BEST_FILE
 from gan.progress import note
 from study.reported import SAMPLE_GRID
+from study.summary import result_trial_id
 from study.tracking import StudyTracker
 from study.trainable import error_reason
 from study.tune_extensions import drop_from_checkpoint_results
 from study.writer import Writer, percentiles_ms
+
+
+def log_generator(tracker: StudyTracker, trial_id: str,
+                  checkpoint: tune.Checkpoint | None) -> None:
+    """A completed trial's generator as an MLflow model, from its last checkpoint (in Tune's
+    storage), which holds its best.pt."""
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            tracker.log_generator(trial_id, Path(folder) / BEST_FILE)
+
+
+def log_generators(tracker: StudyTracker, results: list) -> None:
+    """The generators of a phase's completed trials that a driver killed after a trial's end
+    and before its export left out (a snapshot does not wait for exports)."""
+    missing = tracker.without_generator()
+    for result in results:
+        if result_trial_id(result) in missing:
+            log_generator(tracker, result_trial_id(result), result.checkpoint)
 
 
 def timed(event: Callable) -> Callable:
@@ -111,15 +131,16 @@ class MlflowCallback(tune.Callback):
         status = last.get("status", "completed") if last.get("final") else "pruned"
         reason = last.get("reason", "") if last.get("final") else (
             f"stopped early by the scheduler at step {last.get('step', 0)}")
-        # a completed trial's last checkpoint holds its best generator (in Tune's storage)
-        self._write(trial.trial_id, "on_trial_complete", self._end, trial.trial_id, status,
-                    reason, trial.checkpoint if status == "completed" else None)
+        self._write(trial.trial_id, "on_trial_complete", self.tracker.end_trial, trial.trial_id,
+                    status, reason)
+        if status == "completed":
+            # The slowest write, so not one a snapshot waits for: where a killed driver lost
+            # it, the phase's end makes it again from the same checkpoint (log_generators).
+            self._write(trial.trial_id, "export", self._export, trial.trial_id, trial.checkpoint,
+                        replayed=True)
 
-    def _end(self, trial_id: str, status: str, reason: str,
-             checkpoint: tune.Checkpoint | None) -> None:
-        with checkpoint.as_directory() if checkpoint else nullcontext(None) as folder:
-            self.tracker.end_trial(trial_id, status, reason,
-                                   Path(folder) / BEST_FILE if folder else None)
+    def _export(self, trial_id: str, checkpoint: tune.Checkpoint | None) -> None:
+        log_generator(self.tracker, trial_id, checkpoint)
 
     @timed
     def on_trial_recover(self, iteration: int, trials: list, trial, **info: Any) -> None:

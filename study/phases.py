@@ -241,6 +241,8 @@ class Phases:
     def run(self, tuner, experiment: Experiment, time_budget_s: float | None) -> list:
         from ray.tune.error import TuneError
 
+        from study.callbacks import log_generators
+
         if self.interrupts.received:
             raise StudyInterrupted(experiment.name)
         t0 = time.time()
@@ -255,6 +257,7 @@ class Phases:
         if (self.interrupts.received or unfinished
                 or (len(grid) < experiment.trials and not out_of_time)):
             raise StudyInterrupted(experiment.name)
+        log_generators(self.tracker, list(grid))
         self.state.finish(experiment)
         return list(grid)
 

@@ -23,6 +23,7 @@ from study.pareto import pareto_front
 from study.reported import OBJECTIVES, QUALITY
 from study.spec import StudySpec, length_text, parse_spec
 from study.tracking import (
+    GENERATOR_TAG,
     ROLE,
     TRIAL_ID,
     fluent_tracking_uri,
@@ -112,7 +113,7 @@ def _row(run: Run, spec: StudySpec, dists: dict, history: pd.DataFrame) -> dict[
         "wall_s": ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000,
         "reason": tags.get("reason", ""), "start_time": run.info.start_time,
         "best_eval_fid": float(fid.min()) if len(fid) else math.nan,
-        "model_uri": tags.get("generator_model_uri", ""),
+        "model_uri": tags.get(GENERATOR_TAG, ""),
         "latent_dim": int(params.get("latent_dim", 100)),
         "latent_dist": params.get("latent_dist", "normal"),
         # what its samples are scored against: the evaluator of its config

@@ -41,6 +41,7 @@ ROLE, TRIAL_ID = "ganstudy.role", "ganstudy.trial_id"
 SUPERSEDED = "superseded"  # phase tag of confirmation runs an extended study no longer counts
 SAMPLES_KEY = "samples"
 MODEL_NAME = "generator"
+GENERATOR_TAG = "generator_model_uri"  # the trial's MLflow model (models:/...)
 IMAGE_STEP = re.compile(r"\+step\+(\d+)\+")
 
 
@@ -122,7 +123,7 @@ class StudyTracker:
         self.phase_of: dict[str, str] = {}  # trial id -> phase tag
         self.last_step: dict[str, int] = {}  # child run id -> last step logged
         self.imaged: dict[str, set[int]] = {}  # child run id -> steps with a sample grid
-        self.ended: set[str] = set()  # trial ids whose run holds its end (status, model)
+        self.ended: set[str] = set()  # trial ids whose run holds its end (its status)
         self._load_children()
 
     def _load_children(self) -> None:
@@ -254,18 +255,13 @@ class StudyTracker:
         retries = int(self.client.get_run(rid).data.tags.get("retries", 0)) + 1
         self.client.set_tag(rid, "retries", str(retries))
 
-    def end_trial(self, trial_id: str, status: str, reason: str = "",
-                  best_checkpoint: Path | None = None) -> None:
+    def end_trial(self, trial_id: str, status: str, reason: str = "") -> None:
         if trial_id in self.ended:
             return
         rid = self.children[trial_id]
         run = self.client.get_run(rid)
-        # The status tag goes last: a run whose status says ended holds everything else.
-        logged = "generator_model_uri" in run.data.tags
-        if (status == "completed" and not logged and best_checkpoint is not None
-                and best_checkpoint.is_file()):
-            self.client.set_tag(rid, "generator_model_uri", self._log_generator(rid,
-                                                                                best_checkpoint))
+        # The status tag goes last: a run whose status says ended holds everything else but a
+        # completed trial's generator, which follows (log_generator).
         if reason:
             self.client.set_tag(rid, "reason", reason[:5000])
         value = run.data.metrics.get(f"final_{self.spec.metric}")
@@ -276,6 +272,25 @@ class StudyTracker:
         self.client.set_tag(rid, "status", status)
         self.client.set_terminated(rid, "FAILED" if status == "failed" else "FINISHED")
         self.ended.add(trial_id)
+
+    def log_generator(self, trial_id: str, best_checkpoint: Path) -> None:
+        """A completed trial's best generator as an MLflow model, once."""
+        rid = self.children[trial_id]
+        if GENERATOR_TAG in self.client.get_run(rid).data.tags or not best_checkpoint.is_file():
+            return
+        self.client.set_tag(rid, GENERATOR_TAG, self._log_generator(rid, best_checkpoint))
+
+    def without_generator(self) -> set[str]:
+        """The trials whose run says completed and holds no generator yet."""
+        missing = set()
+        for run in self.client.search_runs(
+                [self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_id}' "
+                "and tags.status = 'completed'", max_results=10_000):
+            if GENERATOR_TAG not in run.data.tags:
+                trial_id = run.data.tags[TRIAL_ID]
+                self.children[trial_id] = run.info.run_id  # perhaps another tracker's run
+                missing.add(trial_id)
+        return missing
 
     def drop_orphans(self, phase: str, trial_ids: set[str]) -> None:
         """Delete the phase's runs of trials Tune has no record of: a driver killed after a

@@ -238,6 +238,16 @@ def test_the_parent_run_tells_the_outcome_to_a_reviewer_in_mlflow(tracked, smoke
             assert name.endswith(f"fid {run.data.metrics['final_fid']:.4g}")
 
 
+def snapshot_waits(callback) -> bool:
+    """Whether Tune's snapshot (the callback's get_state) is still waiting after 1.5 s."""
+    import threading
+
+    snapshot = threading.Thread(target=callback.get_state)
+    snapshot.start()
+    snapshot.join(1.5)
+    return snapshot.is_alive()
+
+
 def test_writes_leave_tunes_loop_and_a_snapshot_waits_for_what_a_resume_cannot_replay(
         tmp_path, capsys):
     """The callback returns while its write still waits on the store. Tune's snapshot of the
@@ -275,12 +285,6 @@ def test_writes_leave_tunes_loop_and_a_snapshot_waits_for_what_a_resume_cannot_r
         assert store_free.wait(10), "the test never freed the store"
         ending(*args)
 
-    def snapshot_waits(cb: MlflowCallback) -> bool:
-        snapshot = threading.Thread(target=cb.get_state)
-        snapshot.start()
-        snapshot.join(1.5)
-        return snapshot.is_alive()
-
     tracker.log_result, tracker.end_trial = slow_store, slow_end
     callback.on_trial_result(0, [], trial, {"step": 10, "loss_g": 1.5})
     assert tracker.client.get_metric_history(rid, "loss_g") == []  # returned before the write
@@ -302,3 +306,52 @@ def test_writes_leave_tunes_loop_and_a_snapshot_waits_for_what_a_resume_cannot_r
     parent = tracker.client.get_run(tracker.parent_id).data.metrics
     assert parent["search_hold_p99_ms"] >= parent["search_hold_p50_ms"] > 0
     assert parent["search_write_p99_ms"] > 0 and parent["search_snapshot_wait_s"] > 0
+
+
+def test_an_export_a_killed_driver_lost_is_made_at_the_phase_end(tmp_path, smoke_study):
+    """A snapshot does not wait for a completed trial's generator export; where the driver
+    died before it, the resumed phase's end exports it from the trial's checkpoint, once."""
+    import shutil
+    import threading
+    from types import SimpleNamespace
+
+    from ray import tune
+
+    from study.callbacks import MlflowCallback, log_generators
+
+    spec = load_spec(ROOT / "search_spaces" / "smoke.yaml")
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "spec.yaml").write_text((ROOT / "search_spaces" / "smoke.yaml").read_text())
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = StudyTracker(spec, study, uri, baseline_params(spec))
+    (tmp_path / "checkpoint").mkdir()
+    shutil.copy(smoke_study / "best_generator.pt", tmp_path / "checkpoint" / "best.pt")
+    checkpoint = tune.Checkpoint.from_directory(str(tmp_path / "checkpoint"))
+    trial = SimpleNamespace(trial_id="t1", config={"lr_g": 1e-3}, error_file=None,
+                            checkpoint=checkpoint)
+    callback = MlflowCallback(tracker, "search")
+    callback.on_trial_start(0, [], trial)
+    callback.on_trial_result(0, [], trial, {"step": 10, "fid": 2.0, "final": True,
+                                            "status": "completed"})
+    died, export = threading.Event(), tracker.log_generator
+    tracker.log_generator = lambda *args: died.wait(30) and export(*args)
+    callback.on_trial_complete(0, [], trial)
+    assert not snapshot_waits(callback)  # the export is still blocked
+    rid = tracker.children["t1"]
+    assert tracker.client.get_run(rid).data.tags["status"] == "completed"
+
+    again = StudyTracker(spec, study, uri, baseline_params(spec))  # the resumed driver's
+    assert again.without_generator() == {"t1"}
+    log_generators(again, [SimpleNamespace(metrics={"trial_id": "t1", "status": "completed"},
+                                           checkpoint=checkpoint, path="")])
+    assert again.without_generator() == set()
+    uri_tag = again.client.get_run(rid).data.tags["generator_model_uri"]
+    with fluent_tracking_uri(uri):
+        latent = load_generator(smoke_study / "best_generator.pt")[1].latent_dim
+        images = mlflow.pytorch.load_model(uri_tag)(torch.zeros(2, latent))
+    assert images.shape[0] == 2 and torch.isfinite(images).all()
+    died.set()  # the first driver's export, had it lived: it finds the model logged
+    callback.flush()
+    assert tracker.client.get_run(rid).data.tags["generator_model_uri"] == uri_tag
+    assert len(tracker.client.search_logged_models([tracker.experiment_id])) == 1
