@@ -20,7 +20,8 @@ callback (p50/p99: a driver that keeps up delivers at once), the driver's CPU ti
 wall time Tune's loop sat waiting for the trials' next results (idle), the time Tune's loop
 spent in the tracking callback per result (p50/p99) and in the searcher's calls to Optuna's
 storage, the MLflow writes (each write's own time, and how long after its event it was done),
-the driver's peak memory, and the report's build time.
+Tune's snapshots of the experiment (how many, their time, and of it the wait for MLflow's
+writes), the driver's peak memory, and the report's build time.
 Targets: >= 50 results/s absorbed, p99 hold <= 50 ms, report for 1000 trials <= 5 min, driver
 memory flat in the number of trials.
 """
@@ -43,6 +44,7 @@ import ray
 import yaml
 from PIL import Image
 from ray.cluster_utils import Cluster
+from ray.tune.execution.tune_controller import TuneController
 
 import study.callbacks
 import study.trainable
@@ -138,6 +140,7 @@ class Probe:
         self.optuna: list[float] = []
         self.idle_s = 0.0  # Tune's loop waiting in ray.wait for the trials' next results
         self.writer_cpu_s = self.optuna_cpu_s = 0.0  # CPU time of the writes, of Optuna's calls
+        self.snapshots_s: list[float] = []  # each snapshot Tune made, our wait included
         self.peak_rss_mb = 0.0
 
     def install(self) -> None:
@@ -173,6 +176,15 @@ class Probe:
             return SUBMIT(writer, label, cpu_timed, *args)
 
         study.writer.Writer.submit = submit
+
+        def save_to_dir(controller, *args: Any, **kwargs: Any) -> None:
+            t0 = time.perf_counter()
+            try:
+                SAVE_TO_DIR(controller, *args, **kwargs)
+            finally:
+                probe.snapshots_s.append(time.perf_counter() - t0)
+
+        TuneController.save_to_dir = save_to_dir
         for name in ("suggest", "on_trial_result", "on_trial_complete"):
             setattr(searcher, name, self._timed(getattr(searcher, name)))
 
@@ -256,6 +268,7 @@ def run_scale(trials: int, store: str, args: argparse.Namespace, root: Path,
         study.callbacks.MlflowCallback.on_experiment_end = ON_END
         ray.wait = RAY_WAIT
         study.writer.Writer.submit = SUBMIT
+        TuneController.save_to_dir = SAVE_TO_DIR
         for key, method in SEARCHER.items():
             setattr(study.tune_extensions.FinalResultSearch, key, method)
     span = probe.results[-1] - probe.results[0] if len(probe.results) > 1 else float("nan")
@@ -271,6 +284,8 @@ def run_scale(trials: int, store: str, args: argparse.Namespace, root: Path,
             "optuna_cpu_ms_per_result": 1000 * probe.optuna_cpu_s / max(1, len(probe.results)),
             "driver_cpu_share": study_cpu_s / study_s, "loop_idle_share": probe.idle_s / study_s,
             "hold_p50_ms": held["p50_ms"], "hold_p99_ms": held["p99_ms"],
+            "snapshots": len(probe.snapshots_s), "snapshots_s": sum(probe.snapshots_s),
+            "snapshot_p99_ms": percentiles_ms(probe.snapshots_s)["p99_ms"],
             "snapshot_wait_s": sum(probe.snapshots), "optuna_p50_ms": optuna["p50_ms"],
             "optuna_p99_ms": optuna["p99_ms"], "write_p50_ms": writes["p50_ms"],
             "write_p99_ms": writes["p99_ms"], "write_lag_p99_ms": lags["p99_ms"],
@@ -283,6 +298,7 @@ ON_RESULT = study.callbacks.MlflowCallback.on_trial_result
 ON_END = study.callbacks.MlflowCallback.on_experiment_end
 RAY_WAIT = ray.wait
 SUBMIT = study.writer.Writer.submit
+SAVE_TO_DIR = TuneController.save_to_dir
 SEARCHER = {k: getattr(study.tune_extensions.FinalResultSearch, k)
             for k in ("suggest", "on_trial_result", "on_trial_complete")}
 
@@ -324,7 +340,8 @@ def main() -> None:
               "optuna_cpu_ms_per_result", "driver_cpu_share", "loop_idle_share",
               "hold_p50_ms", "hold_p99_ms",
               "optuna_p50_ms", "optuna_p99_ms", "write_p50_ms", "write_p99_ms",
-              "write_lag_p99_ms", "snapshot_wait_s", "peak_rss_mb", "study_s", "report_s")
+              "write_lag_p99_ms", "snapshots", "snapshots_s", "snapshot_p99_ms",
+              "snapshot_wait_s", "peak_rss_mb", "study_s", "report_s")
     print(" | ".join(header))
     for row in rows:
         print(" | ".join(f"{row[k]:.3g}" if isinstance(row[k], float) else str(row[k])
