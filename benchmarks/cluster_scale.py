@@ -155,13 +155,13 @@ class Probe:
             on_result(self, iteration, trials, trial, result, **info)
 
         def ended(self, trials: list, **info: Any) -> None:
-            writer = self._writer
+            lanes = [lane for lane in (self._writer, self._exporter) if lane is not None]
             on_end(self, trials, **info)
             probe.held += self.held_s.get("on_trial_result", [])
             probe.snapshots += self.held_s.get("snapshot", [])
-            if writer is not None:
-                probe.writes += writer.busy_s
-                probe.lags += writer.latency_s
+            for lane in lanes:
+                probe.writes += lane.busy_s
+                probe.lags += lane.latency_s
 
         callback.on_trial_result, callback.on_experiment_end = counted, ended
         ray.wait = self._idle(RAY_WAIT)

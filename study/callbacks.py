@@ -7,9 +7,9 @@ resume from it could not make again: a driver killed after a snapshot left MLflo
 trial that snapshot holds as ended, and what came after it Tune runs again on resume. A trial
 still running in the snapshot is restarted from its checkpoint and reports its evaluations up
 to it again (study.trainable), so its start and results need not be waited for, except where
-it does not replay them (a PBT member, which continues from the checkpoint Tune names). Nor is
-a completed trial's generator export, the slowest write: the end of the phase exports what a
-killed driver left out, from the same checkpoint (log_generators).
+it does not replay them (a PBT member, which continues from the checkpoint Tune names). A
+completed trial's generator export, the slowest write, has a thread of its own, which nothing
+waits for: the end of the phase exports what a killed driver left out (log_generators).
 
 Nothing here may stop the study: an exception in a write is reported on stderr and kept on the
 trial's run where MLflow still answers; the trial itself goes on.
@@ -74,17 +74,24 @@ class MlflowCallback(tune.Callback):
         self.last: dict[str, dict] = {}
         self.held_s: dict[str, list[float]] = {}  # event name -> its hold on Tune's loop, each
         self._writer: Writer | None = None
+        self._exporter: Writer | None = None  # the generators' exports, in a lane of their own
         self._kept = 0  # the writer's ticket a snapshot waits for
 
-    # Tune pickles its callbacks with the experiment: the thread stays behind.
+    # Tune pickles its callbacks with the experiment: the threads stay behind.
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_writer": None, "_kept": 0}
+        return {**self.__dict__, "_writer": None, "_exporter": None, "_kept": 0}
 
     @property
     def writer(self) -> Writer:
         if self._writer is None:
             self._writer = Writer(self._failed)
         return self._writer
+
+    @property
+    def exporter(self) -> Writer:
+        if self._exporter is None:
+            self._exporter = Writer(self._failed)
+        return self._exporter
 
     def _failed(self, label: str, err: Exception) -> None:
         trial_id, event = label.split(" ", 1)
@@ -94,16 +101,18 @@ class MlflowCallback(tune.Callback):
         self.tracker.note_failure(trial_id, reason)
 
     def _write(self, trial_id: str, event: str, job: Callable[..., Any], *args: Any,
-               replayed: bool = False) -> None:
+               replayed: bool = False) -> int:
         """Hand a write to the writer; `replayed`: a resume makes it again if it is lost."""
         ticket = self.writer.submit(f"{trial_id} {event}", job, *args)
         if not (replayed and self.replayed):
             self._kept = ticket
+        return ticket
 
     def flush(self) -> None:
         """Wait for every write handed in so far."""
-        if self._writer is not None:
-            self._writer.flush()
+        for lane in (self._writer, self._exporter):
+            if lane is not None:
+                lane.flush()
 
     @timed
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
@@ -131,15 +140,18 @@ class MlflowCallback(tune.Callback):
         status = last.get("status", "completed") if last.get("final") else "pruned"
         reason = last.get("reason", "") if last.get("final") else (
             f"stopped early by the scheduler at step {last.get('step', 0)}")
-        self._write(trial.trial_id, "on_trial_complete", self.tracker.end_trial, trial.trial_id,
-                    status, reason)
+        ended = self._write(trial.trial_id, "on_trial_complete", self.tracker.end_trial,
+                            trial.trial_id, status, reason)
         if status == "completed":
-            # The slowest write, so not one a snapshot waits for: where a killed driver lost
-            # it, the phase's end makes it again from the same checkpoint (log_generators).
-            self._write(trial.trial_id, "export", self._export, trial.trial_id, trial.checkpoint,
-                        replayed=True)
+            # The slowest write, in a lane of its own: neither a snapshot nor the other trials'
+            # writes wait for it. Where a killed driver lost it, the phase's end makes it again
+            # from the same checkpoint (log_generators).
+            self.exporter.submit(f"{trial.trial_id} export", self._export, trial.trial_id,
+                                 trial.checkpoint, self.writer, ended)
 
-    def _export(self, trial_id: str, checkpoint: tune.Checkpoint | None) -> None:
+    def _export(self, trial_id: str, checkpoint: tune.Checkpoint | None, writer: Writer,
+                ended: int) -> None:
+        writer.wait_for(ended)  # the trial's run holds its end first
         log_generator(self.tracker, trial_id, checkpoint)
 
     @timed
@@ -168,11 +180,14 @@ class MlflowCallback(tune.Callback):
         """Every write done, and how long the events held Tune's loop, said and logged."""
         if self._writer is None:
             return
-        writer, self._writer = self._writer, None
-        writer.close()
+        lanes = [lane for lane in (self._writer, self._exporter) if lane is not None]
+        self._writer = self._exporter = None
+        for lane in lanes:
+            lane.close()
         held = percentiles_ms(self.held_s.get("on_trial_result", []))
         waits = self.held_s.get("snapshot", [])
-        write, lag = percentiles_ms(writer.busy_s), percentiles_ms(writer.latency_s)
+        write = percentiles_ms([t for lane in lanes for t in lane.busy_s])
+        lag = percentiles_ms([t for lane in lanes for t in lane.latency_s])
         note(f"{self.phase}: tracking held Tune's loop {held['p50_ms']:.2f} ms per result "
              f"(p99 {held['p99_ms']:.2f} ms, {len(self.held_s.get('on_trial_result', []))} "
              f"results); MLflow writes {write['p50_ms']:.1f} ms (p99 {write['p99_ms']:.1f} ms), "

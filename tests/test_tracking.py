@@ -340,6 +340,10 @@ def test_an_export_a_killed_driver_lost_is_made_at_the_phase_end(tmp_path, smoke
     assert not snapshot_waits(callback)  # the export is still blocked
     rid = tracker.children["t1"]
     assert tracker.client.get_run(rid).data.tags["status"] == "completed"
+    later = SimpleNamespace(trial_id="t2", config={"lr_g": 2e-3}, error_file=None)
+    callback.on_trial_start(0, [], later)
+    callback.writer.flush()  # the next trial's writes do not queue behind the export
+    assert "t2" in tracker.children
 
     again = StudyTracker(spec, study, uri, baseline_params(spec))  # the resumed driver's
     assert again.without_generator() == {"t1"}
