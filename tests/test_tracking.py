@@ -184,12 +184,7 @@ def test_no_trial_can_take_the_driver_down(tmp_path, capsys):
 
     from study.callbacks import MlflowCallback
 
-    spec = load_spec(ROOT / "search_spaces" / "smoke.yaml")
-    study = tmp_path / "study"
-    study.mkdir()
-    (study / "spec.yaml").write_text((ROOT / "search_spaces" / "smoke.yaml").read_text())
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = StudyTracker(spec, study, uri, baseline_params(spec))
+    spec, study, uri, tracker = smoke_tracker(tmp_path)
     callback = MlflowCallback(tracker, "search")
     clash = SimpleNamespace(trial_id="clash", config={"loss": "hinge", "label_smoothing": 0.2},
                             error_file=None)
@@ -238,6 +233,16 @@ def test_the_parent_run_tells_the_outcome_to_a_reviewer_in_mlflow(tracked, smoke
             assert name.endswith(f"fid {run.data.metrics['final_fid']:.4g}")
 
 
+def smoke_tracker(tmp_path: Path) -> tuple:
+    """A tracker of the smoke spec on a fresh SQLite store: (spec, study dir, uri, tracker)."""
+    spec = load_spec(ROOT / "search_spaces" / "smoke.yaml")
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "spec.yaml").write_text((ROOT / "search_spaces" / "smoke.yaml").read_text())
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return spec, study, uri, StudyTracker(spec, study, uri, baseline_params(spec))
+
+
 def snapshot_waits(callback) -> bool:
     """Whether Tune's snapshot (the callback's get_state) is still waiting after 1.5 s."""
     import threading
@@ -260,12 +265,7 @@ def test_writes_leave_tunes_loop_and_a_snapshot_waits_for_what_a_resume_cannot_r
 
     from study.callbacks import MlflowCallback
 
-    spec = load_spec(ROOT / "search_spaces" / "smoke.yaml")
-    study = tmp_path / "study"
-    study.mkdir()
-    (study / "spec.yaml").write_text((ROOT / "search_spaces" / "smoke.yaml").read_text())
-    tracker = StudyTracker(spec, study, f"sqlite:///{tmp_path / 'mlflow.db'}",
-                           baseline_params(spec))
+    spec, study, uri, tracker = smoke_tracker(tmp_path)
     callback, pbt = MlflowCallback(tracker, "search"), MlflowCallback(tracker, "search", False)
     trial = SimpleNamespace(trial_id="t1", config={"lr_g": 1e-3}, error_file=None)
     member = SimpleNamespace(trial_id="t2", config={"lr_g": 2e-3}, error_file=None)
@@ -319,12 +319,7 @@ def test_an_export_a_killed_driver_lost_is_made_at_the_phase_end(tmp_path, smoke
 
     from study.callbacks import MlflowCallback, log_generators
 
-    spec = load_spec(ROOT / "search_spaces" / "smoke.yaml")
-    study = tmp_path / "study"
-    study.mkdir()
-    (study / "spec.yaml").write_text((ROOT / "search_spaces" / "smoke.yaml").read_text())
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = StudyTracker(spec, study, uri, baseline_params(spec))
+    spec, study, uri, tracker = smoke_tracker(tmp_path)
     (tmp_path / "checkpoint").mkdir()
     shutil.copy(smoke_study / "best_generator.pt", tmp_path / "checkpoint" / "best.pt")
     checkpoint = tune.Checkpoint.from_directory(str(tmp_path / "checkpoint"))
