@@ -21,7 +21,9 @@ wall time Tune's loop sat waiting for the trials' next results (idle), the time 
 spent in the tracking callback per result (p50/p99) and in the searcher's calls to Optuna's
 storage, the MLflow writes (each write's own time, and how long after its event it was done),
 Tune's snapshots of the experiment (how many, their time, and of it the wait for MLflow's
-writes), the driver's peak memory, and the report's build time.
+writes), the driver's peak memory and its growth per 100 trials after the first quarter of the
+results (each scale runs in the same process, so peaks include what earlier scales left), and
+the report's build time.
 Targets: >= 50 results/s absorbed, p99 hold <= 50 ms, report for 1000 trials <= 5 min, driver
 memory flat in the number of trials.
 """
@@ -142,6 +144,7 @@ class Probe:
         self.writer_cpu_s = self.optuna_cpu_s = 0.0  # CPU time of the writes, of Optuna's calls
         self.snapshots_s: list[float] = []  # each snapshot Tune made, our wait included
         self.peak_rss_mb = 0.0
+        self.rss: list[tuple[int, float]] = []  # (results absorbed so far, resident MB)
 
     def install(self) -> None:
         callback, searcher = study.callbacks.MlflowCallback, study.tune_extensions.FinalResultSearch
@@ -211,8 +214,20 @@ class Probe:
 
     def watch_memory(self, stop: threading.Event) -> None:
         while not stop.wait(0.5):
-            rss = int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
+            rss = rss_mb()
             self.peak_rss_mb = max(self.peak_rss_mb, rss)
+            self.rss.append((len(self.results), rss))
+
+    def rss_growth_mb(self, trials: int, end_mb: float) -> tuple[float, float]:
+        """Resident MB once a quarter of the results were absorbed, and the growth from there
+        to the study's end per 100 trials: a driver whose memory is flat in the trials grows ~0."""
+        total = len(self.results)
+        quarter = next((mb for n, mb in self.rss if n >= total / 4), float("nan"))
+        return quarter, (end_mb - quarter) / (0.75 * trials / 100)
+
+
+def rss_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
 
 
 def best_checkpoint(spec_data: dict[str, Any]) -> bytes:
@@ -259,6 +274,7 @@ def run_scale(trials: int, store: str, args: argparse.Namespace, root: Path,
             t0, cpu0 = time.perf_counter(), driver_cpu_s()
             out = run_study(spec, place, yaml.safe_dump(spec_data), "benchmark")
             study_s, study_cpu_s = time.perf_counter() - t0, driver_cpu_s() - cpu0
+            study_end_mb = rss_mb()
             t0 = time.perf_counter()
             build_report([name], tracking, root / "reports")
             report_s = time.perf_counter() - t0
@@ -275,6 +291,7 @@ def run_scale(trials: int, store: str, args: argparse.Namespace, root: Path,
     held, optuna = percentiles_ms(probe.held), percentiles_ms(probe.optuna)
     writes, lags = percentiles_ms(probe.writes), percentiles_ms(probe.lags)
     delivery = percentiles_ms(probe.delivery)
+    rss_quarter_mb, rss_mb_per_100 = probe.rss_growth_mb(trials, study_end_mb)
     return {"trials": trials, "completed": int((out["rows"]["status"] == "completed").sum()),
             "results": len(probe.results), "results_per_s": len(probe.results) / span,
             "offered_per_s": args.concurrent / args.interval,
@@ -290,7 +307,8 @@ def run_scale(trials: int, store: str, args: argparse.Namespace, root: Path,
             "optuna_p99_ms": optuna["p99_ms"], "write_p50_ms": writes["p50_ms"],
             "write_p99_ms": writes["p99_ms"], "write_lag_p99_ms": lags["p99_ms"],
             "writes_total_s": sum(probe.writes), "optuna_total_s": sum(probe.optuna),
-            "peak_rss_mb": probe.peak_rss_mb,
+            "peak_rss_mb": probe.peak_rss_mb, "rss_quarter_mb": rss_quarter_mb,
+            "rss_mb_per_100_trials": rss_mb_per_100,
             "study_s": study_s, "report_s": report_s}
 
 
@@ -341,7 +359,8 @@ def main() -> None:
               "hold_p50_ms", "hold_p99_ms",
               "optuna_p50_ms", "optuna_p99_ms", "write_p50_ms", "write_p99_ms",
               "write_lag_p99_ms", "snapshots", "snapshots_s", "snapshot_p99_ms",
-              "snapshot_wait_s", "peak_rss_mb", "study_s", "report_s")
+              "snapshot_wait_s", "peak_rss_mb", "rss_quarter_mb", "rss_mb_per_100_trials",
+              "study_s", "report_s")
     print(" | ".join(header))
     for row in rows:
         print(" | ".join(f"{row[k]:.3g}" if isinstance(row[k], float) else str(row[k])

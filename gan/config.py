@@ -81,6 +81,9 @@ class TrainConfig(BaseModel):
     lr_d: float = Field(2e-4, gt=0, le=1)
     beta1: float = Field(0.5, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
+    # the rates' schedule over the run's length: constant (the tutorials), or annealed to zero
+    # (linear, cosine); a resumed or PBT-perturbed run follows it from where it is
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
     batch_size: int = Field(64, ge=2, le=65536)
     d_steps: int = Field(1, ge=1, le=100)  # discriminator updates per iteration
     g_steps: int = Field(1, ge=1, le=100)  # generator updates per iteration

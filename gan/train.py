@@ -37,6 +37,7 @@ from gan.losses import LOSSES, penalties
 from gan.metrics.evaluate import Evaluator
 from gan.models import build_models
 from gan.progress import Progress
+from gan.schedules import lr_factor
 
 # Fields a resumed run may change: they do not alter what is computed up to the checkpoint.
 RESUMABLE_FIELDS = {"steps", "epochs", "threads", "device", "keep_checkpoints"}
@@ -207,6 +208,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     step, before = start, clock(start)
     while before < length:
         t0 = time.perf_counter()
+        scale = lr_factor(cfg.lr_schedule, before, length)
+        for opt, lr in ((opt_g, cfg.lr_g), (opt_d, cfg.lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = lr * scale
         # ------------- Discriminator: d_steps updates, once every g_steps steps -------------
         if step % cfg.g_steps == 0:
             for i in range(cfg.d_steps):

@@ -101,6 +101,29 @@ def test_resume_with_new_optimizer_settings_uses_them(tmp_path):
     assert state["config"]["lr_g"] == 1e-3 and state["step"] == 8
 
 
+@pytest.mark.parametrize("schedule,last_factor", [("constant", 1.0), ("linear", 1 / 8),
+                                                    ("cosine", 0.5 * (1 + np.cos(np.pi * 7 / 8)))])
+def test_the_learning_rates_follow_their_schedule_through_a_resume(tmp_path, schedule,
+                                                                    last_factor):
+    values = tiny(steps=8, log_every=2, checkpoint_every=4, lr_schedule=schedule)
+    whole = train(make_config(values), tmp_path / "whole").records
+
+    class Stop(Exception):
+        pass
+
+    def crash_at_4(record):
+        if record["step"] == 4:
+            raise Stop
+    with pytest.raises(Stop):
+        train(make_config(values), tmp_path / "split", on_log=crash_at_4)
+    resumed = train(make_config(values), tmp_path / "split", resume=True).records
+    assert losses(resumed) == losses(whole)
+    # The rate of the last update: the schedule at 7 of 8 updates done, for both networks.
+    state = load_checkpoint(tmp_path / "split" / "checkpoint.pt")
+    for key, lr in (("opt_g", 2e-4), ("opt_d", 2e-4)):
+        assert state[key]["param_groups"][0]["lr"] == pytest.approx(lr * last_factor)
+
+
 def test_a_nan_loss_ends_the_run_naming_step_and_loss(tmp_path, monkeypatch):
     ns = train_module.LOSSES["ns"]
     nan_d = Loss(d=lambda r, f, label: ns.d(r, f, label) * float("nan"), g=ns.g)
