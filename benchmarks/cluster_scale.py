@@ -9,9 +9,10 @@ the MLflow callback and its writer thread, summary.csv, then study.report.build_
 change: `load_trainable` stands in for run_trial. It trains nothing; it reports what a trial
 reports, at a fixed rate: every metric of an evaluation, a 64-image sample grid (PNG bytes, as
 run_trial sends), a checkpoint of --checkpoint-mb through Ray's storage, and a last report whose
-checkpoint holds a real generator (best.pt), which the driver exports to MLflow as it does a
-trained one. Each trial asks for gpu 1/8 (a GPU farm packs small GANs), so --concurrent trials
-run at once; the offered load is concurrent / interval results per second.
+checkpoint holds a real generator (best.pt) and the MLflow model a trial saves of it, which the
+driver logs to MLflow as it does a trained one's. Each trial asks for gpu 1/8 (a GPU farm packs
+small GANs), so --concurrent trials run at once; the offered load is concurrent / interval
+results per second.
 
 Printed per scale and MLflow store: results per second the driver absorbed (from its first
 result to its last), how long a result took from the trial's tune.report to the driver's
@@ -52,11 +53,13 @@ import study.callbacks
 import study.trainable
 import study.tune_extensions
 import study.writer
-from gan.checkpoint import save_checkpoint
+from gan.checkpoint import BEST_FILE, save_checkpoint
 from gan.config import make_config
 from gan.models import build_generator
+from study.generator_model import MODEL_DIR, save_generator_model
+from study.image_series import SampleGrid
 from study.report import build_report
-from study.reported import PERTURBATIONS, SAMPLE_GRID
+from study.reported import PERTURBATIONS, SAMPLE_GRID, SAMPLE_PREVIEW
 from study.run import run_study
 from study.space import baseline_params
 from study.spec import parse_spec, trial_values
@@ -89,8 +92,8 @@ def sample_grid_png() -> bytes:
     return out.getvalue()
 
 
-def make_load_trainable(grid: bytes, best: bytes, checkpoint_mb: float, interval: float,
-                        metrics: dict[str, float]):
+def make_load_trainable(grid: SampleGrid, best: dict[str, bytes], checkpoint_mb: float,
+                        interval: float, metrics: dict[str, float]):
     """The stand-in for run_trial, with what it reports baked in (pickled with it)."""
 
     def load_trainable(config: dict[str, Any], spec, trials_dir: str,
@@ -106,7 +109,9 @@ def make_load_trainable(grid: bytes, best: bytes, checkpoint_mb: float, interval
         folder = Path(trials_dir) / trial_id
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "checkpoint.pt").write_bytes(os.urandom(int(checkpoint_mb * 2**20)))
-        (folder / "best.pt").write_bytes(best)
+        for name, data in best.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(data)
         # a score with a shape TPE can learn: best near lr_g 1e-3, lr_d 1e-3
         quality = (math.log10(config["lr_g"]) + 3) ** 2 + (math.log10(config["lr_d"]) + 3) ** 2
         started = time.time()
@@ -116,7 +121,8 @@ def make_load_trainable(grid: bytes, best: bytes, checkpoint_mb: float, interval
             fid = 1 + quality + 20 / step
             tune.report({**metrics, "fid": fid, "step": step, "images": step * 32,
                          "train_s": time.time() - started, "g_params": 1000.0,
-                         SAMPLE_GRID: grid, PERTURBATIONS: "", "final": False,
+                         SAMPLE_GRID: grid.png, SAMPLE_PREVIEW: grid.preview,
+                         PERTURBATIONS: "", "final": False,
                          "status": "running", "started_at": started,
                          "reported_at": time.time()},
                         checkpoint=tune.Checkpoint.from_directory(str(folder)))
@@ -230,16 +236,20 @@ def rss_mb() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
 
 
-def best_checkpoint(spec_data: dict[str, Any]) -> bytes:
-    """A real generator checkpoint of the spec's baseline: what the driver exports to MLflow."""
+def best_checkpoint(spec_data: dict[str, Any]) -> dict[str, bytes]:
+    """A real generator checkpoint of the spec's baseline and the MLflow model a trial saves
+    of it (what the driver logs to MLflow): file bytes by path in a completed trial's last
+    checkpoint."""
     spec = parse_spec(spec_data, "benchmark")
     cfg = make_config(trial_values(spec, baseline_params(spec)))
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "best.pt"
+        path = Path(tmp) / BEST_FILE
         save_checkpoint(path, {"config": cfg.model_dump(), "step": spec.budget.steps,
                                "generator": build_generator(cfg).state_dict(),
                                "metrics": {"fid": 1.0}})
-        return path.read_bytes()
+        save_generator_model(path, Path(tmp) / MODEL_DIR)
+        return {str(p.relative_to(tmp)): p.read_bytes()
+                for p in Path(tmp).rglob("*") if p.is_file()}
 
 
 def driver_cpu_s() -> float:
@@ -258,7 +268,8 @@ def run_scale(trials: int, store: str, args: argparse.Namespace, root: Path,
                                 "img_per_s", "kid", "precision", "recall", "density",
                                 "coverage", "modes", "mode_kl", "classifier_score")}
     study.trainable.run_trial = make_load_trainable(
-        sample_grid_png(), best_checkpoint(spec_data), args.checkpoint_mb, args.interval, metrics)
+        SampleGrid.from_png(sample_grid_png()), best_checkpoint(spec_data), args.checkpoint_mb,
+        args.interval, metrics)
     study_dir = root / name
     study_dir.mkdir(parents=True)
     probe = Probe()

@@ -25,9 +25,10 @@ from typing import Any
 
 from ray import tune
 
-from gan.checkpoint import BEST_FILE
 from gan.progress import note
-from study.reported import SAMPLE_GRID
+from study.generator_model import MODEL_DIR
+from study.image_series import SampleGrid
+from study.reported import SAMPLE_GRID, SAMPLE_PREVIEW
 from study.summary import result_trial_id
 from study.tracking import StudyTracker
 from study.trainable import error_reason
@@ -38,10 +39,10 @@ from study.writer import Writer, percentiles_ms
 def log_generator(tracker: StudyTracker, trial_id: str,
                   checkpoint: tune.Checkpoint | None) -> None:
     """A completed trial's generator as an MLflow model, from its last checkpoint (in Tune's
-    storage), which holds its best.pt."""
+    storage), which holds the model the trial saved of its best generator."""
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            tracker.log_generator(trial_id, Path(folder) / BEST_FILE)
+            tracker.log_generator(trial_id, Path(folder) / MODEL_DIR)
 
 
 def log_generators(tracker: StudyTracker, results: list) -> None:
@@ -124,7 +125,8 @@ class MlflowCallback(tune.Callback):
                         **info: Any) -> None:
         # Tune lets callbacks change a result in place, and runs its own loggers after ours:
         # the grid's bytes stay out of Tune's files, its snapshot and the trial's last result.
-        grid = result.pop(SAMPLE_GRID, None)
+        png, preview = result.pop(SAMPLE_GRID, None), result.pop(SAMPLE_PREVIEW, None)
+        grid = SampleGrid(png, preview) if png and preview else None
         self.last[trial.trial_id] = result
         self._write(trial.trial_id, "on_trial_result", self.tracker.log_result, trial.trial_id,
                     dict(result), grid, replayed=True)
@@ -132,7 +134,7 @@ class MlflowCallback(tune.Callback):
     @timed
     def on_trial_save(self, iteration: int, trials: list, trial, **info: Any) -> None:
         # the grid came back with the checkpoint too, and was logged with its result
-        drop_from_checkpoint_results(trial, SAMPLE_GRID)
+        drop_from_checkpoint_results(trial, SAMPLE_GRID, SAMPLE_PREVIEW)
 
     @timed
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:

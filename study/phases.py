@@ -189,6 +189,7 @@ class Phases:
         """A new Tune experiment of `trials` trials of `run_trial`, recorded in study.json
         before it starts, every trial tracked in MLflow from this process."""
         from ray import tune
+        from ray.tune.logger import JsonLoggerCallback
         from ray.tune.search import BasicVariantGenerator
 
         from study.callbacks import MlflowCallback
@@ -213,8 +214,11 @@ class Phases:
             run_config=tune.RunConfig(
                 name=experiment.name, storage_path=self.place.storage,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
+                # Tune's result.json is what a resume and ExperimentAnalysis read; its CSV and
+                # TensorBoard copies of every result are left out (TUNE_ENVIRONMENT): MLflow
+                # holds the results, and the driver has every result to absorb
                 callbacks=[MlflowCallback(self.tracker, phase, replayed=not pbt_member(
-                    spec, phase == FINAL_PHASE))],
+                    spec, phase == FINAL_PHASE)), JsonLoggerCallback()],
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 verbose=1),
         )
@@ -268,7 +272,8 @@ class Phases:
 # With num_to_keep, Tune also forces a snapshot after that many checkpoints of a trial and warns,
 # that snapshots come often: here that is the intent, and the warning buried the progress table.
 TUNE_ENVIRONMENT = {"TUNE_GLOBAL_CHECKPOINT_S": "1", "TUNE_DISABLE_SIGINT_HANDLER": "1",
-                    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+                    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+                    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
 
 
 @contextmanager

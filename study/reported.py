@@ -43,8 +43,10 @@ def worst_value(mode: str) -> float:
     return WORST if mode == "min" else -WORST
 
 # Files a trial's reports carry, so that no node needs another's disk: each evaluation's
-# fixed-noise sample grid (PNG bytes; the driver's tracking takes it out of the result before
-# Tune records it), and the trial's PBT exploits so far (JSON, "" for none). The generator
-# travels in the last report's checkpoint.
+# fixed-noise sample grid (PNG bytes) and the preview of it MLflow's UI shows (WebP bytes, made
+# by the trial so the driver encodes nothing; the driver's tracking takes both out of the result
+# before Tune records it), and the trial's PBT exploits so far (JSON, "" for none). The
+# generator travels in the last report's checkpoint.
 SAMPLE_GRID = "sample_grid"
+SAMPLE_PREVIEW = "sample_preview"
 PERTURBATIONS = "perturbations"

@@ -13,9 +13,7 @@ and the generator of its best checkpoint as an MLflow PyTorch model.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
-import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,10 +24,11 @@ from typing import Any
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
-from PIL import Image
 
 from gan.config import make_config
 from gan.errors import ConfigError
+from study.generator_model import log_generator_model
+from study.image_series import SampleGrid, log_grid, logged_steps
 from study.reported import ENDED, OBJECTIVES, QUALITY, TRAINING
 from study.review import LEADERBOARD_FILE, run_name
 from study.space import distributions, hyperparameters, is_baseline, is_final
@@ -40,20 +39,12 @@ STEP_METRICS = (*TRAINING, *QUALITY)
 ROLE, TRIAL_ID = "ganstudy.role", "ganstudy.trial_id"
 SUPERSEDED = "superseded"  # phase tag of confirmation runs an extended study no longer counts
 SAMPLES_KEY = "samples"
-MODEL_NAME = "generator"
 GENERATOR_TAG = "generator_model_uri"  # the trial's MLflow model (models:/...)
-IMAGE_STEP = re.compile(r"\+step\+(\d+)\+")
 
 
 def sample_images(client: MlflowClient, run_id: str) -> dict[int, str]:
     """The sample grids a run logged as its image series: artifact path by step."""
-    found = {}
-    for item in client.list_artifacts(run_id, "images"):
-        name = Path(item.path).name
-        match = IMAGE_STEP.search(name)
-        if name.startswith(f"{SAMPLES_KEY}+") and match and name.endswith(".png"):
-            found[int(match.group(1))] = item.path
-    return found
+    return logged_steps(client, run_id, SAMPLES_KEY)
 
 
 def default_tracking_uri(study_dir: Path) -> str:
@@ -210,8 +201,9 @@ class StudyTracker:
         self.last_step[rid], self.imaged[rid] = 0, set()
         return rid
 
-    def log_result(self, trial_id: str, result: dict[str, Any], grid: bytes | None = None) -> None:
-        """One evaluation (metrics and its sample grid, PNG bytes), or the trial's final result.
+    def log_result(self, trial_id: str, result: dict[str, Any],
+                   grid: SampleGrid | None = None) -> None:
+        """One evaluation (metrics and its sample grid), or the trial's final result.
         A step already logged is not logged again (a trial restored from its checkpoint repeats
         the steps after it, with the same values); metrics and grid are checked apart, so a grid
         a killed driver missed after the step's metrics comes with the step's replay."""
@@ -233,9 +225,7 @@ class StudyTracker:
             self._log_metrics(rid, {k: result[k] for k in STEP_METRICS if k in result}, step)
             self.last_step[rid] = step
         if step not in self.imaged[rid] and grid is not None:
-            with Image.open(io.BytesIO(grid)) as image:
-                self.client.log_image(rid, image.convert("RGB"), key=SAMPLES_KEY, step=step,
-                                      synchronous=True)
+            log_grid(self.client, rid, SAMPLES_KEY, step, grid, first=not self.imaged[rid])
             self.imaged[rid].add(step)
 
     def _log_metrics(self, rid: str, metrics: dict[str, float], step: int) -> None:
@@ -273,12 +263,14 @@ class StudyTracker:
         self.client.set_terminated(rid, "FAILED" if status == "failed" else "FINISHED")
         self.ended.add(trial_id)
 
-    def log_generator(self, trial_id: str, best_checkpoint: Path) -> None:
-        """A completed trial's best generator as an MLflow model, once."""
+    def log_generator(self, trial_id: str, model_dir: Path) -> None:
+        """A completed trial's best generator, saved by the trial as an MLflow model, logged
+        once (study.generator_model)."""
         rid = self.children[trial_id]
-        if GENERATOR_TAG in self.client.get_run(rid).data.tags or not best_checkpoint.is_file():
+        if GENERATOR_TAG in self.client.get_run(rid).data.tags or not model_dir.is_dir():
             return
-        self.client.set_tag(rid, GENERATOR_TAG, self._log_generator(rid, best_checkpoint))
+        self.client.set_tag(rid, GENERATOR_TAG, log_generator_model(
+            self.client, self.experiment_id, rid, model_dir))
 
     def without_generator(self) -> set[str]:
         """The trials whose run says completed and holds no generator yet."""
@@ -314,27 +306,6 @@ class StudyTracker:
                 self.client.set_tag(rid, "phase", SUPERSEDED)
         elif tags.get("label") != label:
             self.client.set_tag(rid, "label", label)
-
-    def _log_generator(self, rid: str, checkpoint: Path) -> str:
-        """The best checkpoint's generator as an MLflow PyTorch model (torch.export format: it
-        loads without this project's code). Input: latent vectors (n, latent_dim) drawn as the
-        run's latent_dist; output: images (n, C, H, W) in [-1, 1]."""
-        import numpy as np
-        import torch
-
-        from gan.checkpoint import load_generator
-
-        generator, cfg = load_generator(checkpoint)
-        version = torch.__version__.split("+")[0]
-        # log_model logs into the fluent API's active run only
-        with fluent_tracking_uri(self.uri), mlflow.start_run(run_id=rid):
-            info = mlflow.pytorch.log_model(
-                generator, name=MODEL_NAME,
-                input_example=np.zeros((2, cfg.latent_dim), np.float32),
-                pip_requirements=[f"torch=={version}"],
-                metadata={"latent_dim": cfg.latent_dim, "latent_dist": cfg.latent_dist,
-                          "image_size": cfg.image_size, "channels": cfg.channels})
-        return info.model_uri
 
     # -- the study ---------------------------------------------------------------------------
     def log_loop_hold(self, phase: str, timings: dict[str, float]) -> None:

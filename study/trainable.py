@@ -29,7 +29,16 @@ from gan.errors import CheckpointError, DivergedError
 from gan.fileio import read_jsonl
 from gan.models import build_generator
 from gan.train import OPTIMIZER_FIELDS, TrainResult, grid_path, train
-from study.reported import PERTURBATIONS, PROGRESS, QUALITY, SAMPLE_GRID, worst_value
+from study.generator_model import MODEL_DIR, save_generator_model
+from study.image_series import SampleGrid
+from study.reported import (
+    PERTURBATIONS,
+    PROGRESS,
+    QUALITY,
+    SAMPLE_GRID,
+    SAMPLE_PREVIEW,
+    worst_value,
+)
 from study.space import hyperparameters, is_final, pbt_member
 from study.spec import Pbt, StudySpec, trial_values
 
@@ -114,9 +123,12 @@ class TrialReports:
         history = self.run_dir / HISTORY
         events = [json.loads(x) for x in history.read_text().splitlines()] if (
             history.is_file()) else []
+        carried: dict[str, Any] = {PERTURBATIONS: json.dumps(events) if events else ""}
         grid = grid_path(self.run_dir, step) if step is not None else None
-        return {PERTURBATIONS: json.dumps(events) if events else "",
-                **({SAMPLE_GRID: grid.read_bytes()} if grid and grid.is_file() else {})}
+        if grid and grid.is_file():
+            images = SampleGrid.from_png(grid.read_bytes())
+            carried.update({SAMPLE_GRID: images.png, SAMPLE_PREVIEW: images.preview})
+        return carried
 
     def checkpoint_at(self, step: int) -> tune.Checkpoint:
         self.clean()
@@ -157,13 +169,17 @@ class TrialReports:
                      "reported_at": time.time()})
 
     def completed(self, result: TrainResult) -> None:
-        """The final result, and a checkpoint holding best.pt: the generator the driver logs."""
+        """The final result, and a checkpoint holding best.pt and its generator as the MLflow
+        model the driver logs."""
         # where the run ended, in each unit: a run measured in seconds ends where time ran out
         last = result.records[-1] if result.records else {"step": self.steps}
         ended = {k: last[k] for k in ("step", "images", "train_s") if k in last}
+        checkpoint = self.checkpoint_at(ended["step"])
+        if (self.run_dir / BEST_FILE).is_file():
+            save_generator_model(self.run_dir / BEST_FILE, self.report_dir / MODEL_DIR)
         tune.report({**result.final, **ended, **self.provenance, **self.carried(),
                      "final": True, "status": "completed", "reported_at": time.time()},
-                    checkpoint=self.checkpoint_at(ended["step"]))
+                    checkpoint=checkpoint)
 
     def clean(self) -> None:
         shutil.rmtree(self.report_dir, ignore_errors=True)

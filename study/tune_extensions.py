@@ -50,13 +50,31 @@ class FinalResultSearch(OptunaSearch):
                 return optuna.Trial(self._ot_study, frozen._trial_id)
         return None
 
-    def _frozen(self, trial_id: str):
-        """The trial as Optuna's storage has it now (it may be ahead of this searcher)."""
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is None:
-            return None
-        # one trial's row, not the study's: this runs for every result in Tune's loop
-        return self._ot_study._storage.get_trial(ot_trial._trial_id)
+    def _reported_steps(self, trial_id: str) -> set[int] | None:
+        """The steps Optuna's storage holds for a trial it still runs (None: finished, or not
+        Optuna's). Read once per trial and driver: the storage may be ahead of a restored
+        searcher, but only this searcher writes to it afterwards."""
+        known = self.__dict__.setdefault("_known_steps", {})
+        if trial_id not in known:
+            ot_trial = self._ot_trials.get(trial_id)
+            if ot_trial is None:
+                return None
+            frozen = self._ot_study._storage.get_trial(ot_trial._trial_id)
+            known[trial_id] = (None if frozen.state.is_finished()
+                               else set(frozen.intermediate_values))
+        return known[trial_id]
+
+    def save(self, checkpoint_path: str) -> None:
+        known = self.__dict__.pop("_known_steps", None)
+        try:
+            super().save(checkpoint_path)
+        finally:
+            if known is not None:
+                self._known_steps = known
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self._known_steps = {}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         # Optuna keeps no intermediate values for several objectives: a stopped trial of a
@@ -64,10 +82,10 @@ class FinalResultSearch(OptunaSearch):
         if isinstance(self.metric, list) or result.get("final") or "step" not in result or (
                 self.metric not in result):
             return
-        frozen = self._frozen(trial_id)
-        if frozen is not None and not frozen.state.is_finished() and (
-                int(result["step"]) not in frozen.intermediate_values):
-            self._ot_trials[trial_id].report(float(result[self.metric]), int(result["step"]))
+        steps, step = self._reported_steps(trial_id), int(result["step"])
+        if steps is not None and step not in steps:
+            self._ot_trials[trial_id].report(float(result[self.metric]), step)
+            steps.add(step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
@@ -81,6 +99,7 @@ class FinalResultSearch(OptunaSearch):
             result = {**result, **{m: worst_value(way)
                                    for m, way in zip(self.metric, self.mode, strict=True)}}
         super().on_trial_complete(trial_id, result, error)
+        self.__dict__.setdefault("_known_steps", {})[trial_id] = None  # told: no more reports
 
 
 RUNGS_FILE = "asha_rungs.jsonl"
@@ -162,14 +181,14 @@ class StudyPBT(PopulationBasedTraining):
         super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile, lower)
 
 
-def drop_from_checkpoint_results(trial, key: str) -> None:
-    """Remove `key` from the results Tune keeps beside a trial's checkpoints.
+def drop_from_checkpoint_results(trial, *keys: str) -> None:
+    """Remove `keys` from the results Tune keeps beside a trial's checkpoints.
 
     With a function trainable, Tune registers each checkpoint with a copy of its result made in
     the trial's process, which no callback sees: a sample grid's bytes stay there, in every
     snapshot of the experiment, for every trial (120 kB each at 64 MNIST images)."""
     manager = trial.run_metadata.checkpoint_manager
     for kept in [manager.latest_checkpoint_result, *manager.best_checkpoint_results]:
-        if kept is not None and kept.metrics.pop(key, None) is not None:
+        if kept is not None and [k for k in keys if kept.metrics.pop(k, None) is not None]:
             trial.invalidate_json_state()
             trial.run_metadata.invalidate_cache()

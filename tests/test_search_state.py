@@ -31,7 +31,10 @@ def test_trials_asked_or_told_after_the_snapshot_leave_no_gap_and_no_duplicate(t
     searcher = build_searcher(SPEC, tmp_path, baseline_params(SPEC))
     pickled = pickle.dumps(searcher)  # as Tuner pickles it, before any trial
     baseline = searcher.suggest("t0")
+    searcher.on_trial_result("t0", {"fid": 4.0, "step": 10, "final": False})
     searcher.save(tmp_path / "searcher.pkl")  # Tune's snapshot
+    # what the searcher knows of Optuna's storage is not kept: a restored one reads it again
+    assert "_known_steps" not in pickle.loads((tmp_path / "searcher.pkl").read_bytes())
     asked_after = searcher.suggest("t1")  # asked, then the driver is killed
     searcher.on_trial_complete("t0", {"fid": 3.0, "step": 40, "final": True})  # told, ditto
 
@@ -42,13 +45,16 @@ def test_trials_asked_or_told_after_the_snapshot_leave_no_gap_and_no_duplicate(t
     # t0 runs its last steps again and completes again: Optuna is not told twice.
     restored.on_trial_result("t0", {"fid": 9.0, "step": 30, "final": False})
     restored.on_trial_complete("t0", {"fid": 3.0, "step": 40, "final": True})
+    for step, fid in ((10, 6.0), (10, 6.0), (20, 5.5)):  # a replayed step is reported once
+        restored.on_trial_result("t2", {"fid": fid, "step": step, "final": False})
     restored.on_trial_complete("t2", {"fid": 5.0, "step": 40, "final": True})
 
     trials = optuna.load_study(study_name="state",
                                storage=f"sqlite:///{tmp_path / 'optuna.db'}").get_trials()
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert [t.value for t in trials] == [3.0, 5.0]
-    assert trials[0].intermediate_values == {}  # nothing reported to a finished trial
+    assert trials[0].intermediate_values == {10: 4.0}  # nothing reported once it finished
+    assert trials[1].intermediate_values == {10: 6.0, 20: 5.5}
 
 
 def test_tpe_models_the_space_once_its_start_up_trials_are_done(tmp_path):

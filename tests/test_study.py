@@ -86,6 +86,18 @@ def test_two_trials_ran_at_once_with_one_thread_each(smoke):
 
 
 @pytest.mark.slow
+def test_tune_keeps_each_trials_results_once_as_json(smoke):
+    """result.json is what a resume reads; Tune's CSV and TensorBoard copies are not written."""
+    out, summary, _ = smoke
+    trial_dirs = list((out / "ray" / "search").glob("run_trial_*"))
+    assert len(trial_dirs) == len(summary)
+    for trial_dir in trial_dirs:
+        assert (trial_dir / "result.json").is_file()
+        assert not [p.name for p in trial_dir.iterdir()
+                    if p.name == "progress.csv" or p.name.startswith("events.out.tfevents")]
+
+
+@pytest.mark.slow
 def test_confirmation_retrains_top_k_and_baseline_with_new_seeds(smoke):
     out, summary, _ = smoke
     spec = load_spec(ROOT / "search_spaces" / "smoke.yaml")

@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 from pathlib import Path
 
 import mlflow
@@ -10,8 +11,12 @@ import pytest
 import torch
 import yaml
 from mlflow import MlflowClient
+from mlflow.models import Model
+from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_IMAGES
 
 from gan.checkpoint import load_generator
+from study.generator_model import MODEL_DIR, save_generator_model
+from study.image_series import IMAGE_DIR, SampleGrid, log_grid, logged_steps
 from study.records import load_study, progress_frames
 from study.space import baseline_params
 from study.spec import load_spec
@@ -127,6 +132,39 @@ def test_sample_grids_are_an_image_series_per_evaluation(tracked, smoke_study):
         assert all(p.stat().st_size > 100 for _, p in frames)
 
 
+def test_a_grid_is_stored_as_the_image_series_mlflow_logs(tmp_path):
+    """The trial's PNG and preview are stored under the names MLflow's log_image gives its own
+    (what its UI reads): fails if MLflow changes its image series format."""
+    from PIL import Image
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("images", artifact_location=str(tmp_path / "art"))
+    ours, theirs = (client.create_run(experiment).info.run_id for _ in range(2))
+    image = Image.new("RGB", (274, 274), (200, 30, 90))
+    png = io.BytesIO()
+    image.save(png, format="PNG")
+    grid = SampleGrid.from_png(png.getvalue())
+    log_grid(client, ours, "samples", 40, grid, first=True)
+    client.log_image(theirs, image, key="samples", step=40)
+
+    def files(run_id):  # the PNG, then the preview
+        return sorted((item.path for item in client.list_artifacts(run_id, IMAGE_DIR)),
+                      key=lambda path: path.endswith(".webp"))
+    shape = re.compile(r"[0-9a-f-]{36}")  # the same but for the uuid and the timestamp
+    assert [shape.sub("U", re.sub(r"timestamp\+\d+", "T", f)) for f in files(ours)] == [
+        shape.sub("U", re.sub(r"timestamp\+\d+", "T", f)) for f in files(theirs)]
+    assert len(files(ours)) == 2
+    for run_id in (ours, theirs):
+        assert logged_steps(client, run_id, "samples") == {40: files(run_id)[0]}
+        assert client.get_run(run_id).data.tags[MLFLOW_LOGGED_IMAGES] == "True"
+    # the bytes stored are the trial's, and its preview is the size MLflow's own is
+    stored = Path(client.download_artifacts(ours, files(ours)[0], str(tmp_path / "dl")))
+    assert stored.read_bytes() == grid.png
+    previews = [Image.open(client.download_artifacts(r, files(r)[1], str(tmp_path / r)))
+                for r in (ours, theirs)]
+    assert previews[0].size == previews[1].size and previews[0].format == "WEBP"
+
+
 def test_a_grid_the_killed_driver_missed_comes_with_the_replayed_step(tmp_path):
     """Killed between a step's metrics and its sample grid: the resumed driver's tracker logs
     the grid when the trial replays the step, and logs nothing twice."""
@@ -140,7 +178,7 @@ def test_a_grid_the_killed_driver_missed_comes_with_the_replayed_step(tmp_path):
     for step in (10, 20):
         png = io.BytesIO()
         Image.new("L", (8, 8), step).save(png, format="PNG")
-        grids[step] = png.getvalue()
+        grids[step] = SampleGrid.from_png(png.getvalue())
     uri, baseline = f"sqlite:///{tmp_path / 'mlflow.db'}", baseline_params(spec)
     metrics = dict.fromkeys(STEP_METRICS, 1.0)
 
@@ -160,10 +198,21 @@ def test_a_grid_the_killed_driver_missed_comes_with_the_replayed_step(tmp_path):
 
 def test_logged_generator_is_the_best_checkpoint_and_samples(tracked, smoke_study):
     uri, _, _, _, children, summary = tracked
+    client = MlflowClient(uri)
     done = summary[summary["status"] == "completed"]
     by_trial = {r.data.tags["ganstudy.trial_id"]: r for r in children}
     for trial_id in done["trial_id"]:
         run = by_trial[trial_id]
+        # the trial's saved model, logged by the driver as log_model would: a READY model of
+        # the run, among the run's outputs, whose MLmodel names it
+        model_id = run.data.tags["generator_model_uri"].removeprefix("models:/")
+        logged = client.get_logged_model(model_id)
+        assert (logged.source_run_id, logged.status) == (run.info.run_id, "READY")
+        outputs = client.get_run(run.info.run_id).outputs.model_outputs
+        assert [o.model_id for o in outputs] == [model_id]
+        described = Model.load(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{logged.artifact_location}/MLmodel"))
+        assert (described.model_id, described.run_id) == (model_id, run.info.run_id)
         with fluent_tracking_uri(uri):
             model = mlflow.pytorch.load_model(run.data.tags["generator_model_uri"])
         reference, cfg = load_generator(smoke_study / "trials" / trial_id / "best.pt")
@@ -322,6 +371,8 @@ def test_an_export_a_killed_driver_lost_is_made_at_the_phase_end(tmp_path, smoke
     spec, study, uri, tracker = smoke_tracker(tmp_path)
     (tmp_path / "checkpoint").mkdir()
     shutil.copy(smoke_study / "best_generator.pt", tmp_path / "checkpoint" / "best.pt")
+    save_generator_model(tmp_path / "checkpoint" / "best.pt",  # as the trial does
+                         tmp_path / "checkpoint" / MODEL_DIR)
     checkpoint = tune.Checkpoint.from_directory(str(tmp_path / "checkpoint"))
     trial = SimpleNamespace(trial_id="t1", config={"lr_g": 1e-3}, error_file=None,
                             checkpoint=checkpoint)
