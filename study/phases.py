@@ -18,7 +18,7 @@ from study.state import Experiment, Placement, StudyState
 
 
 def build_searcher(spec: StudySpec, study_dir: Path, baseline: dict[str, Any],
-                   extension: int = 0):
+                   extension: int = 0, trials: int | None = None):
     """Optuna on the study's storage. An extension (`--resume --trials N`) continues the same
     Optuna study, whose every trial its sampler sees; it is seeded anew (a random sampler with
     the first seed would propose the first trials again) and the baseline has run already."""
@@ -39,7 +39,7 @@ def build_searcher(spec: StudySpec, study_dir: Path, baseline: dict[str, Any],
         space=DefineByRun(spec), metric=spec.targets if spec.objectives else spec.metric,
         mode=spec.directions if spec.objectives else spec.direction,
         points_to_evaluate=None if extension else [baseline], sampler=sampler,
-        study_name=spec.name, storage=storage)
+        study_name=spec.name, storage=storage, trials=trials)
 
 
 def build_scheduler(spec: StudySpec, baseline: dict[str, Any], study_dir: Path):
@@ -106,7 +106,8 @@ class Phases:
                 param_space = tune_param_space(spec)
             else:
                 search_alg = build_searcher(spec, self.place.study_dir, self.baseline,
-                                            extension=len(earlier))
+                                            extension=len(earlier),
+                                            trials=spec.budget.trials - planned)
                 param_space = None
             results += self.fit("search", spec.budget.trials - planned, search_alg,
                                 build_scheduler(spec, self.baseline, self.place.study_dir),

@@ -35,10 +35,21 @@ class FinalResultSearch(OptunaSearch):
     ends with one trial per Tune trial.
     """
 
-    def suggest(self, trial_id: str) -> dict | None:
-        if trial_id not in self._ot_trials and (orphan := self._orphan()) is not None:
-            self._ot_trials[trial_id] = orphan
-        return super().suggest(trial_id)
+    def __init__(self, *args: Any, trials: int | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.trials = trials  # the experiment's budget: no trial beyond it, whatever Tune asks
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if trial_id not in self._ot_trials:
+            budget = self.__dict__.get("trials")  # absent from a searcher pickled before it
+            if budget is not None and len(self._ot_trials) >= budget:
+                return self.FINISHED
+            if (orphan := self._orphan()) is not None:
+                self._ot_trials[trial_id] = orphan
+        config = super().suggest(trial_id)
+        if trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
+        return config
 
     def _orphan(self):
         import optuna
@@ -49,6 +60,26 @@ class FinalResultSearch(OptunaSearch):
             if frozen.number not in known:
                 return optuna.Trial(self._ot_study, frozen._trial_id)
         return None
+
+    def _match_snapshot(self, restored: set[str]) -> None:
+        """This searcher's trials made to agree with the trials Tune restores.
+
+        Tune writes its snapshot as several files (the trials, its count of trials made, this
+        searcher) and, on an object store, uploads them one by one: a driver killed during an
+        upload leaves this searcher older or newer than the trials. A restored trial it does
+        not know is found in Optuna by the Tune id each trial carries; a trial it knows that
+        Tune does not restore was asked after the trials' snapshot, and is an orphan for the
+        next new trial to take over."""
+        import optuna
+
+        by_tune_id = {t.user_attrs.get(TUNE_TRIAL_ID): t
+                      for t in self._ot_study.get_trials(deepcopy=False)}
+        for trial_id in restored - set(self._ot_trials):
+            if trial_id in by_tune_id:
+                self._ot_trials[trial_id] = optuna.Trial(self._ot_study,
+                                                         by_tune_id[trial_id]._trial_id)
+        for trial_id in set(self._ot_trials) - restored:
+            del self._ot_trials[trial_id]
 
     def _reported_steps(self, trial_id: str) -> set[int] | None:
         """The steps Optuna's storage holds for a trial it still runs (None: finished, or not
@@ -75,6 +106,10 @@ class FinalResultSearch(OptunaSearch):
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
         self._known_steps = {}
+        # Tune restores a searcher from the folder it restores the experiment's trials from
+        restored = snapshot_trial_ids(Path(checkpoint_path).parent)
+        if restored is not None:
+            self._match_snapshot(restored)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         # Optuna keeps no intermediate values for several objectives: a stopped trial of a
@@ -103,6 +138,16 @@ class FinalResultSearch(OptunaSearch):
 
 
 RUNGS_FILE = "asha_rungs.jsonl"
+TUNE_TRIAL_ID = "tune_trial_id"  # the Optuna trial's user attribute: the Tune trial it serves
+
+
+def snapshot_trial_ids(folder: Path) -> set[str] | None:
+    """The trials in Tune's newest snapshot of an experiment in `folder` (None: no snapshot)."""
+    states = sorted(folder.glob("experiment_state-*.json"))
+    if not states:
+        return None
+    trial_data = json.loads(states[-1].read_text())["trial_data"]
+    return {json.loads(trial[0])["trial_id"] for trial in trial_data}
 
 
 class StudyASHA(ASHAScheduler):

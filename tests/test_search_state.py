@@ -2,6 +2,7 @@
 windows between Tune's snapshot of the experiment and what Optuna's storage or ASHA's rungs
 already hold, made on purpose (a real Optuna SQLite storage, Ray's real ASHA and Trial)."""
 
+import json
 import pickle
 from types import SimpleNamespace
 
@@ -55,6 +56,34 @@ def test_trials_asked_or_told_after_the_snapshot_leave_no_gap_and_no_duplicate(t
     assert [t.value for t in trials] == [3.0, 5.0]
     assert trials[0].intermediate_values == {10: 4.0}  # nothing reported once it finished
     assert trials[1].intermediate_values == {10: 6.0, 20: 5.5}
+
+
+def test_a_snapshot_uploaded_in_part_still_restores_each_trial_once(tmp_path):
+    """Tune's snapshot is several files: a driver killed while uploading them leaves the trials'
+    file newer than the searcher's. A trial only the trials' file names keeps its Optuna trial,
+    a trial asked after both is an orphan for the next new trial, and the searcher makes no
+    trial beyond the experiment's budget, though Tune, counting from its older file, asks."""
+    searcher = build_searcher(SPEC, tmp_path, baseline_params(SPEC), trials=4)
+    pickled = pickle.dumps(searcher)
+    searcher.suggest("t0")
+    searcher.suggest("t1")
+    searcher.save(tmp_path / "searcher-state-s.pkl")  # the searcher's file, uploaded
+    searcher.suggest("t2")  # then the trials' file, uploaded naming t0-t2
+    trial_data = [[json.dumps({"trial_id": t}), "{}"] for t in ("t0", "t1", "t2")]
+    (tmp_path / "experiment_state-s.json").write_text(json.dumps({"trial_data": trial_data}))
+    asked_after = searcher.suggest("t3")  # then the driver is killed
+
+    restored = pickle.loads(pickled)
+    restored.restore(tmp_path / "searcher-state-s.pkl")
+    restored.on_trial_complete("t2", {"fid": 2.0, "step": 40, "final": True})
+    assert restored.suggest("t4") == asked_after
+    assert restored.suggest("t5") == restored.FINISHED
+
+    trials = optuna.load_study(study_name="state",
+                               storage=f"sqlite:///{tmp_path / 'optuna.db'}").get_trials()
+    assert len(trials) == 4
+    assert [t.user_attrs["tune_trial_id"] for t in trials] == ["t0", "t1", "t2", "t4"]
+    assert trials[2].state == optuna.trial.TrialState.COMPLETE and trials[2].value == 2.0
 
 
 def test_tpe_models_the_space_once_its_start_up_trials_are_done(tmp_path):
