@@ -2,6 +2,7 @@
 
     python benchmarks/cluster_scale.py [--trials 100 300 1000] [--concurrent 48]
         [--interval 0.9] [--reports 6] [--checkpoint-mb 1] [--mlflow sqlite server]
+        [--trace-memory]
 
 A ray.cluster_utils.Cluster of 4 nodes with 8 fake GPUs each runs the study's own machinery
 (study.run.run_study: spec, FinalResultSearch on Optuna's SQLite storage with TPE, StudyASHA,
@@ -38,6 +39,7 @@ import statistics
 import tempfile
 import threading
 import time
+import tracemalloc
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -232,6 +234,20 @@ class Probe:
         return quarter, (end_mb - quarter) / (0.75 * trials / 100)
 
 
+def print_held_memory(snapshot: tracemalloc.Snapshot, trials: int) -> None:
+    """What the driver's Python heap still holds at the study's end of what it allocated during
+    the study, by the package whose code allocated it."""
+    held: dict[str, int] = {}
+    for stat in snapshot.statistics("filename"):
+        path = stat.traceback[0].filename
+        parts = path.split("site-packages/")[-1].split("/") if "site-packages/" in path else (
+            ["study" if "/study/" in path else "python" if "/lib/python" in path else path])
+        held[parts[0]] = held.get(parts[0], 0) + stat.size
+    top = sorted(held.items(), key=lambda kv: -kv[1])[:10]
+    print(f"held at the end of {trials} trials (allocated during the study): " + ", ".join(
+        f"{name} {size / 2**20:.1f} MB" for name, size in top), flush=True)
+
+
 def rss_mb() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
 
@@ -282,10 +298,15 @@ def run_scale(trials: int, store: str, args: argparse.Namespace, root: Path,
               if store == "server" else nullcontext(uri)) as tracking:
             place = Placement(study_dir, tracking, str(study_dir / "ray"), address,
                               str(root / "scratch"))
+            if args.trace_memory:
+                tracemalloc.start()
             t0, cpu0 = time.perf_counter(), driver_cpu_s()
             out = run_study(spec, place, yaml.safe_dump(spec_data), "benchmark")
             study_s, study_cpu_s = time.perf_counter() - t0, driver_cpu_s() - cpu0
             study_end_mb = rss_mb()
+            if args.trace_memory:
+                print_held_memory(tracemalloc.take_snapshot(), trials)
+                tracemalloc.stop()
             t0 = time.perf_counter()
             build_report([name], tracking, root / "reports")
             report_s = time.perf_counter() - t0
@@ -341,6 +362,8 @@ def main() -> None:
     parser.add_argument("--checkpoint-mb", type=float, default=1.0)
     parser.add_argument("--mlflow", nargs="+", default=["sqlite", "server"],
                         choices=["sqlite", "server"])
+    parser.add_argument("--trace-memory", action="store_true",
+                        help="print what the study's allocations still hold, by package (slower)")
     args = parser.parse_args()
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 16, "num_gpus": GPUS_PER_NODE})
